@@ -1,0 +1,978 @@
+"""Pretrained-file registry and a checksummed, resumable downloader (standard library only).
+
+Local layout under the pretrained folder (:func:`default_pretrained_dir`)::
+
+    hubert_base.pt                  content encoder (HuBERT base, fairseq checkpoint)
+    rmvpe.pt                        RMVPE pitch extractor
+    pretrained_v1/f0G40k.pth ...    RVC v1 base generator/discriminator (hub folder ``pretrained/``)
+    pretrained_v2/f0G40k.pth ...    RVC v2 base generator/discriminator (hub folder ``pretrained_v2/``)
+
+An asset's ``name`` is its path relative to that folder, so the v1 and v2 files, which share
+file names on the hub, never collide. Downloads stream into ``<final>.part`` next to the final
+file, resume with an HTTP ``Range`` request, are checked against the registry's sha256 (or
+size, when no hash is known) and only then are moved into place with ``os.replace``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import http.client
+import logging
+import os
+import socket
+import ssl
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any, BinaryIO
+
+from infer import __version__
+from infer.errors import AssetError, Cancelled, TimbreError
+from infer.progress import ProgressFn, StopFn, report
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BASE_URL = "https://huggingface.co/lj1995/VoiceConversionWebUI/resolve/main"
+EXAMPLE_MIRROR_URL = "https://hf-mirror.com/lj1995/VoiceConversionWebUI/resolve/main"
+MIRROR_ENV_VAR = "TIMBRE_ASSETS_MIRROR"
+PRETRAINED_DIR_ENV_VAR = "TIMBRE_PRETRAINED_DIR"
+PART_SUFFIX = ".part"
+DOWNLOAD_CHUNK_BYTES = 64 * 1024
+READBACK_CHUNK_BYTES = 1024 * 1024
+PROGRESS_INTERVAL_S = 0.1
+PROGRESS_BAR_STEPS = 1000
+BYTES_PER_MB = 1_000_000
+USER_AGENT = f"Timbre/{__version__} (python-urllib)"
+
+ASSET_KINDS = ("content", "pitch", "pretrained_g", "pretrained_d")
+ASSET_STATES = ("present", "missing", "partial", "unverified", "bad_size", "bad_checksum")
+"""``bad_checksum`` is only reported when a status check is asked to re-hash files."""
+
+_SHA256_HEX_CHARS = frozenset("0123456789abcdef")
+
+
+@dataclass(frozen=True)
+class Asset:
+    """One downloadable file.
+
+    Attributes:
+        name: path relative to the pretrained folder (unique key; ``/`` separated).
+        url_path: path relative to the base URL (hub or mirror).
+        size_bytes: exact size when published, else None.
+        sha256: lowercase hex digest when published, else None (then only the size is checked).
+        description: one line saying what the file is for.
+        kind: one of ``ASSET_KINDS``.
+    """
+
+    name: str
+    url_path: str
+    size_bytes: int | None
+    sha256: str | None
+    description: str
+    kind: str
+
+    def __post_init__(self) -> None:
+        _check_relative_path(self.name, "name")
+        _check_relative_path(self.url_path, "url_path")
+        if self.kind not in ASSET_KINDS:
+            raise AssetError(f"asset {self.name}: kind {self.kind!r} is not one of {', '.join(ASSET_KINDS)}")
+        if self.size_bytes is not None and (isinstance(self.size_bytes, bool) or self.size_bytes <= 0):
+            raise AssetError(f"asset {self.name}: size_bytes must be a positive int or None")
+        if self.sha256 is not None and (len(self.sha256) != 64 or not set(self.sha256) <= _SHA256_HEX_CHARS):
+            raise AssetError(f"asset {self.name}: sha256 must be 64 lowercase hex characters or None")
+
+    @property
+    def file_name(self) -> str:
+        """The bare file name, e.g. ``f0G40k.pth``."""
+        return PurePosixPath(self.name).name
+
+    def url(self, base_url: str) -> str:
+        """Full download URL under ``base_url``."""
+        return f"{base_url.rstrip('/')}/{urllib.parse.quote(self.url_path)}"
+
+
+def _check_relative_path(value: str, field: str) -> None:
+    path = PurePosixPath(value)
+    if (
+        not value
+        or "\\" in value
+        or path.is_absolute()
+        or any(part in ("", ".", "..") for part in path.parts)
+    ):
+        raise AssetError(f"asset {field} {value!r} must be a plain relative path with '/' separators")
+    if path.as_posix() != value:
+        raise AssetError(f"asset {field} {value!r} is not in normal form (expected {path.as_posix()!r})")
+
+
+Registry = Mapping[str, Asset]
+
+
+def make_registry(assets: Iterable[Asset]) -> Registry:
+    """Read-only registry keyed by asset name; duplicate names are rejected."""
+    table: dict[str, Asset] = {}
+    for asset in assets:
+        if asset.name in table:
+            raise AssetError(f"asset name {asset.name!r} appears twice in the registry")
+        table[asset.name] = asset
+    return MappingProxyType(table)
+
+
+# Published digests of the files at https://huggingface.co/lj1995/VoiceConversionWebUI, found
+# with a code search of public repositories (no value here was computed or guessed by Timbre):
+# * every G/D hash: a Nix fixed-output pin of that repo at revision
+#   e6d0c1a17da07c33557852f9dfa2bd44cc75737d (SRI base64, converted to hex here);
+# * the f0 G/D hashes and all G/D sizes listed below also appear, identical, in an independent
+#   asset catalog of a Rust desktop app that mirrors these files; pretrained_v2/f0G40k.pth and
+#   f0D40k.pth (hash and size) additionally in several Applio-based download scripts;
+# * hubert_base.pt and rmvpe.pt (hash and size): many RVC setup scripts and model manifests.
+# The sizes of the no-f0 G/D files were not found published, so they stay None (checked by hash).
+_HUB_SHA256 = {
+    "hubert_base.pt": "f54b40fd2802423a5643779c4861af1e9ee9c1564dc9d32f54f20b5ffba7db96",
+    "rmvpe.pt": "6d62215f4306e3ca278246188607209f09af3dc77ed4232efdd069798c4ec193",
+    "pretrained/D32k.pth": "2ab20645829460fdad0d3c44254f1ab53c32cae50c22a66c926ae5aa30abda6f",
+    "pretrained/D40k.pth": "547f66dbbcd9023b9051ed244d12ab043ba8a4e854b154cc28761ac7c002909b",
+    "pretrained/D48k.pth": "8cc013fa60ed9c3f902f5bd99f48c7e3b9352d763d4d3cd6bc241c37b0bfd9ad",
+    "pretrained/f0D32k.pth": "294db3087236e2c75260d6179056791c9231245daf5d0485545d9e54c4057c77",
+    "pretrained/f0D40k.pth": "7d4f5a441594b470d67579958b2fd4c6b992852ded28ff9e72eda67abcebe423",
+    "pretrained/f0D48k.pth": "1b84c8bf347ad1e539c842e8f2a4c36ecd9e7fb23c16041189e4877e9b07925c",
+    "pretrained/f0G32k.pth": "285f524bf48bb692c76ad7bd0bc654c12bd9e5edeb784dddf7f61a789a608574",
+    "pretrained/f0G40k.pth": "9115654aeef1995f7dd3c6fc4140bebbef0ca9760bed798105a2380a34299831",
+    "pretrained/f0G48k.pth": "78bc9cab27e34bcfc194f93029374d871d8b3e663ddedea32a9709e894cc8fe8",
+    "pretrained/G32k.pth": "81817645cde7ed2e2d83f23ef883f33dda564924b497e84d792743912eca4c23",
+    "pretrained/G40k.pth": "e428573bda1124b0ae0ae843fd8dcded6027d3993444790b3e9b0100938b2113",
+    "pretrained/G48k.pth": "3862a67ea6313e8ffefc05cee6bee656ef3e089442e9ecf4a6618d60721f3e95",
+    "pretrained_v2/D32k.pth": "d8043378cc6619083d385f5a045de09b83fb3bf8de45c433ca863b71723ac3ca",
+    "pretrained_v2/D40k.pth": "471378e894e7191f89a94eda8288c5947b16bbe0b10c3f1f17efdb7a1d998242",
+    "pretrained_v2/D48k.pth": "db01094a93c09868a278e03dafe8bb781bfcc1a5ba8df168c948bf9168c84d82",
+    "pretrained_v2/f0D32k.pth": "bd7134e7793674c85474d5145d2d982e3c5d8124fc7bb6c20f710ed65808fa8a",
+    "pretrained_v2/f0D40k.pth": "6b6ab091e70801b28e3f41f335f2fc5f3f35c75b39ae2628d419644ec2b0fa09",
+    "pretrained_v2/f0D48k.pth": "2269b73c7a4cf34da09aea99274dabf99b2ddb8a42cbfb065fb3c0aa9a2fc748",
+    "pretrained_v2/f0G32k.pth": "2332611297b8d88c7436de8f17ef5f07a2119353e962cd93cda5806d59a1133d",
+    "pretrained_v2/f0G40k.pth": "3b2c44035e782c4b14ddc0bede9e2f4a724d025cd073f736d4f43708453adfcb",
+    "pretrained_v2/f0G48k.pth": "b5d51f589cc3632d4eae36a315b4179397695042edc01d15312e1bddc2b764a4",
+    "pretrained_v2/G32k.pth": "869b26a47f75168d6126f64ac39e6de5247017a8658cfd68aca600f7323efb9f",
+    "pretrained_v2/G40k.pth": "a3843da7fde33db1dab176146c70d6c2df06eafe9457f4e3aa10024e9c6a4b69",
+    "pretrained_v2/G48k.pth": "2e2b1581a436d07a76b10b9d38765f64aa02836dc65c7dee1ce4140c11ea158b",
+}
+_HUB_SIZE_BYTES = {
+    "hubert_base.pt": 189_507_909,
+    "rmvpe.pt": 181_184_272,
+    "pretrained/f0G32k.pth": 72_795_627,
+    "pretrained/f0G40k.pth": 72_909_665,
+    "pretrained/f0G48k.pth": 73_008_619,
+    "pretrained/f0D32k.pth": 109_978_943,
+    "pretrained/f0D40k.pth": 109_978_943,
+    "pretrained/f0D48k.pth": 109_978_943,
+    "pretrained_v2/f0G32k.pth": 73_950_049,
+    "pretrained_v2/f0G40k.pth": 73_106_273,
+    "pretrained_v2/f0G48k.pth": 75_465_569,
+    "pretrained_v2/f0D32k.pth": 142_875_703,
+    "pretrained_v2/f0D40k.pth": 142_875_703,
+    "pretrained_v2/f0D48k.pth": 142_875_703,
+}
+
+PRETRAINED_PRESETS = ("v1", "v2")
+PRETRAINED_SAMPLE_RATES_HZ = (32_000, 40_000, 48_000)
+_HUB_FOLDER = {"v1": "pretrained", "v2": "pretrained_v2"}
+_LOCAL_FOLDER = {"v1": "pretrained_v1", "v2": "pretrained_v2"}
+_CONTENT_DIM = {"v1": 256, "v2": 768}
+
+
+def _hub_asset(name: str, url_path: str, description: str, kind: str) -> Asset:
+    return Asset(
+        name=name,
+        url_path=url_path,
+        size_bytes=_HUB_SIZE_BYTES.get(url_path),
+        sha256=_HUB_SHA256.get(url_path),
+        description=description,
+        kind=kind,
+    )
+
+
+def _pretrained_file_name(role: str, sample_rate: int, use_f0: bool) -> str:
+    return f"{'f0' if use_f0 else ''}{role}{sample_rate // 1000}k.pth"
+
+
+def _default_assets() -> list[Asset]:
+    assets = [
+        _hub_asset("hubert_base.pt", "hubert_base.pt", "HuBERT base content encoder (fairseq)", "content"),
+        _hub_asset("rmvpe.pt", "rmvpe.pt", "RMVPE pitch extractor", "pitch"),
+    ]
+    for preset in PRETRAINED_PRESETS:
+        for use_f0 in (True, False):
+            for sample_rate in PRETRAINED_SAMPLE_RATES_HZ:
+                for role, kind, what in (
+                    ("G", "pretrained_g", "generator"),
+                    ("D", "pretrained_d", "discriminator"),
+                ):
+                    file_name = _pretrained_file_name(role, sample_rate, use_f0)
+                    pitch = "with pitch (f0)" if use_f0 else "without pitch"
+                    description = (
+                        f"RVC {preset} base {what}, {sample_rate // 1000} kHz, {pitch}, "
+                        f"{_CONTENT_DIM[preset]}-dim content"
+                    )
+                    assets.append(
+                        _hub_asset(
+                            f"{_LOCAL_FOLDER[preset]}/{file_name}",
+                            f"{_HUB_FOLDER[preset]}/{file_name}",
+                            description,
+                            kind,
+                        )
+                    )
+    return assets
+
+
+DEFAULT_REGISTRY: Registry = make_registry(_default_assets())
+
+
+def pretrained_pair(preset: str, sample_rate: int, *, use_f0: bool) -> tuple[str, str]:
+    """Registry names of the base (generator, discriminator) for a preset ("v1"/"v2") and rate."""
+    if preset not in PRETRAINED_PRESETS:
+        raise AssetError(f"no pretrained files for preset {preset!r}; choose one of {PRETRAINED_PRESETS}")
+    if sample_rate not in PRETRAINED_SAMPLE_RATES_HZ:
+        raise AssetError(
+            f"no pretrained files for sample rate {sample_rate} Hz; "
+            f"choose one of {PRETRAINED_SAMPLE_RATES_HZ}"
+        )
+    folder = _LOCAL_FOLDER[preset]
+    return (
+        f"{folder}/{_pretrained_file_name('G', sample_rate, use_f0)}",
+        f"{folder}/{_pretrained_file_name('D', sample_rate, use_f0)}",
+    )
+
+
+def find_asset(name: str, registry: Registry = DEFAULT_REGISTRY) -> Asset:
+    """Look an asset up by its name, or by its bare file name when that is unambiguous."""
+    key = name.strip().replace("\\", "/")
+    if key in registry:
+        return registry[key]
+    matches = [asset for asset in registry.values() if asset.file_name == key]
+    if len(matches) == 1:
+        return matches[0]
+    if matches:
+        choices = ", ".join(asset.name for asset in matches)
+        raise AssetError(f"asset name {name!r} is ambiguous; use one of: {choices}")
+    raise AssetError(f"unknown asset {name!r}; `python -m infer assets status` lists the known names")
+
+
+def default_pretrained_dir() -> Path:
+    """``$TIMBRE_PRETRAINED_DIR`` if set, else the ``pretrained/`` folder next to the infer package."""
+    override = os.environ.get(PRETRAINED_DIR_ENV_VAR, "").strip()
+    if override:
+        return Path(override).expanduser()
+    return Path(__file__).resolve().parent.parent / "pretrained"
+
+
+def _root(pretrained_dir: str | os.PathLike[str] | None) -> Path:
+    return default_pretrained_dir() if pretrained_dir is None else Path(pretrained_dir)
+
+
+def _local_path(asset: Asset, root: Path) -> Path:
+    return root.joinpath(*PurePosixPath(asset.name).parts)
+
+
+def _part_path(final: Path) -> Path:
+    return final.with_name(final.name + PART_SUFFIX)
+
+
+def pretrained_path(
+    name: str, pretrained_dir: str | os.PathLike[str] | None = None, registry: Registry = DEFAULT_REGISTRY
+) -> Path:
+    """Where an asset lives locally (whether or not it is there yet)."""
+    return _local_path(find_asset(name, registry), _root(pretrained_dir))
+
+
+def resolve_base_url(base_url: str | None = None) -> str:
+    """The base URL to download from: ``base_url``, else ``$TIMBRE_ASSETS_MIRROR``, else the hub."""
+    candidate = (base_url or "").strip() or os.environ.get(MIRROR_ENV_VAR, "").strip() or DEFAULT_BASE_URL
+    parts = urllib.parse.urlsplit(candidate)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise AssetError(
+            f"download base URL {candidate!r} is not an http(s) URL; set {MIRROR_ENV_VAR} to something like "
+            f"{EXAMPLE_MIRROR_URL}"
+        )
+    return candidate.rstrip("/")
+
+
+def sha256_of_file(path: str | os.PathLike[str], should_stop: StopFn | None = None) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        while chunk := stream.read(READBACK_CHUNK_BYTES):
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"checksum of {path} stopped on request")
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class AssetStatus:
+    """Where one asset stands on disk.
+
+    ``size_bytes`` is the size of the final file, or of the ``.part`` file when ``state`` is
+    ``partial``, or None when missing. ``state`` is one of ``ASSET_STATES``.
+    """
+
+    name: str
+    path: Path
+    state: str
+    size_bytes: int | None
+    expected_size_bytes: int | None
+
+    @property
+    def is_usable(self) -> bool:
+        """True when the final file is there with the right size (hash-checked or not)."""
+        return self.state in ("present", "unverified")
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _status_of(asset: Asset, root: Path, *, verify_checksum: bool = False) -> AssetStatus:
+    final = _local_path(asset, root)
+    size = _file_size(final)
+
+    def status(state: str, size_bytes: int | None) -> AssetStatus:
+        return AssetStatus(asset.name, final, state, size_bytes, asset.size_bytes)
+
+    if size is None:
+        part_size = _file_size(_part_path(final))
+        return status("missing", None) if part_size is None else status("partial", part_size)
+    if asset.size_bytes is not None and size != asset.size_bytes:
+        return status("bad_size", size)
+    if asset.sha256 is None:
+        return status("unverified", size)
+    if verify_checksum and sha256_of_file(final) != asset.sha256:
+        return status("bad_checksum", size)
+    return status("present", size)
+
+
+def asset_status(
+    pretrained_dir: str | os.PathLike[str] | None = None,
+    registry: Registry = DEFAULT_REGISTRY,
+    *,
+    verify_checksum: bool = False,
+) -> list[AssetStatus]:
+    """State of every registry asset under ``pretrained_dir``, in registry order.
+
+    Files are judged by size; ``verify_checksum=True`` also re-hashes present files (slow: the
+    whole set is a few GB) and reports ``bad_checksum`` for a mismatch.
+    """
+    root = _root(pretrained_dir)
+    return [_status_of(asset, root, verify_checksum=verify_checksum) for asset in registry.values()]
+
+
+def download_command(name: str) -> str:
+    """The shell command that downloads one asset."""
+    return f"python -m infer assets download {name}"
+
+
+def resolve_asset(
+    name: str, pretrained_dir: str | os.PathLike[str] | None = None, registry: Registry = DEFAULT_REGISTRY
+) -> Path:
+    """Path of a usable local copy of an asset, or AssetError saying how to get one."""
+    asset = find_asset(name, registry)
+    current = _status_of(asset, _root(pretrained_dir))
+    if current.is_usable:
+        return current.path
+    command = download_command(asset.name)
+    if current.state == "bad_size":
+        raise AssetError(
+            f"{asset.description} at {current.path} has {current.size_bytes} bytes but "
+            f"{asset.size_bytes} were expected (a truncated or different file); delete it and run `{command}`"
+        )
+    partial = ""
+    if current.state == "partial":
+        partial = f" (a partial download of {_megabytes(current.size_bytes or 0)} is kept and will resume)"
+    raise AssetError(
+        f"{asset.description} ({asset.name}) is missing: expected at {current.path}{partial}. "
+        f"Download it with `{command}` (set {MIRROR_ENV_VAR} to use a mirror), or copy the file there by hand"
+    )
+
+
+def _megabytes(n_bytes: int) -> str:
+    return f"{n_bytes / BYTES_PER_MB:.1f} MB"
+
+
+# --------------------------------------------------------------------------------------------
+# HTTP plumbing: urllib with a connect deadline (name lookup included) and a per-read timeout.
+
+
+def _getaddrinfo_within(host: str, port: int, timeout_s: float) -> list[Any]:
+    """``socket.getaddrinfo`` bounded in time (the resolver itself has no timeout)."""
+    found: list[Any] = []
+    failed: list[OSError] = []
+
+    def lookup() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except OSError as exc:
+            failed.append(exc)
+
+    worker = threading.Thread(target=lookup, name="timbre-dns", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise TimeoutError(f"name lookup for {host} took longer than {timeout_s:g} s")
+    if failed:
+        raise failed[0]
+    return found
+
+
+def _connect_within(
+    address: tuple[str, int], timeout: float, source_address: tuple[str, int] | None = None
+) -> socket.socket:
+    """Like ``socket.create_connection`` but with one deadline covering lookup and connect."""
+    host, port = address
+    deadline = time.monotonic() + timeout
+    last_error: OSError | None = None
+    for family, socktype, proto, _, sockaddr in _getaddrinfo_within(host, port, timeout):
+        remaining_s = deadline - time.monotonic()
+        if remaining_s <= 0:
+            break
+        sock = socket.socket(family, socktype, proto)
+        try:
+            sock.settimeout(remaining_s)
+            if source_address:
+                sock.bind(source_address)
+            sock.connect(sockaddr)
+        except OSError as exc:
+            sock.close()
+            last_error = exc
+            continue
+        return sock
+    raise last_error or TimeoutError(f"could not connect to {host} within {timeout:g} s")
+
+
+class _TimeoutsMixin:
+    """Connect under ``timeout`` (the connect limit), then switch the socket to the read limit."""
+
+    def __init__(self, host: str, *, read_timeout_s: float, **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)  # type: ignore[call-arg]
+        self._read_timeout_s = read_timeout_s
+        self._create_connection = _connect_within
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        self.sock.settimeout(self._read_timeout_s)  # type: ignore[attr-defined]
+
+
+class _HTTPConnection(_TimeoutsMixin, http.client.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_TimeoutsMixin, http.client.HTTPSConnection):
+    pass
+
+
+class _HTTPHandler(urllib.request.HTTPHandler):
+    def __init__(self, read_timeout_s: float) -> None:
+        super().__init__()
+        self._read_timeout_s = read_timeout_s
+
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        return self.do_open(functools.partial(_HTTPConnection, read_timeout_s=self._read_timeout_s), req)
+
+
+class _HTTPSHandler(urllib.request.HTTPSHandler):
+    def __init__(self, read_timeout_s: float) -> None:
+        super().__init__(context=ssl.create_default_context())
+        self._read_timeout_s = read_timeout_s
+
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
+        connection = functools.partial(_HTTPSConnection, read_timeout_s=self._read_timeout_s)
+        return self.do_open(connection, req, context=self._context)  # type: ignore[attr-defined]
+
+
+def _build_opener(read_timeout_s: float) -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(_HTTPHandler(read_timeout_s), _HTTPSHandler(read_timeout_s))
+
+
+def _content_range(value: str | None) -> tuple[int | None, int | None]:
+    """(first byte, total size) from ``bytes a-b/total`` or ``bytes */total``; None where absent."""
+    if not value:
+        return None, None
+    unit, _, spec = value.strip().partition(" ")
+    if unit.lower() != "bytes" or "/" not in spec:
+        return None, None
+    span, _, total_text = spec.partition("/")
+    first_text = span.partition("-")[0]
+    first = int(first_text) if first_text.isdigit() else None
+    total = int(total_text) if total_text.isdigit() else None
+    return first, total
+
+
+def _int_header(value: str | None) -> int | None:
+    return int(value) if value is not None and value.strip().isdigit() else None
+
+
+def _describe_network_error(exc: BaseException) -> str:
+    reason: object = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, TimeoutError):
+        detail = str(reason)
+        return "timed out" if detail in ("", "timed out") else f"timed out: {detail}"
+    if isinstance(reason, socket.gaierror):
+        return f"name lookup failed: {reason.strerror or reason}"
+    if isinstance(reason, ConnectionRefusedError):
+        return "connection refused"
+    text = str(reason)
+    return text or type(reason).__name__
+
+
+class _Interrupted(Exception):
+    """A transfer broke off; ``made_progress`` says whether this attempt wrote any bytes."""
+
+    def __init__(self, reason: str, *, made_progress: bool) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.made_progress = made_progress
+
+
+class _Download:
+    """One asset's transfer into its ``.part`` file; the caller holds the open, locked file."""
+
+    def __init__(
+        self,
+        asset: Asset,
+        url: str,
+        final: Path,
+        stream: BinaryIO,
+        *,
+        opener: urllib.request.OpenerDirector,
+        progress: ProgressFn | None,
+        should_stop: StopFn | None,
+        connect_timeout_s: float,
+        read_timeout_s: float,
+    ) -> None:
+        self.asset = asset
+        self.url = url
+        self.final = final
+        self.part = _part_path(final)
+        self.stream = stream
+        self.opener = opener
+        self.progress = progress
+        self.should_stop = should_stop
+        self.connect_timeout_s = connect_timeout_s
+        self.read_timeout_s = read_timeout_s
+        self.hasher = hashlib.sha256()
+        self.offset = 0
+        self.fetched_bytes = 0
+        self.total: int | None = asset.size_bytes
+        self._last_report_s = 0.0
+
+    # -- bookkeeping ---------------------------------------------------------------------
+
+    def _stop_requested(self) -> bool:
+        return self.should_stop is not None and self.should_stop()
+
+    def _cancel(self) -> Cancelled:
+        self.stream.flush()
+        return Cancelled(
+            f"download of {self.asset.name} stopped on request; {_megabytes(self.offset)} are kept in "
+            f"{self.part} and the next download resumes from there"
+        )
+
+    def _report(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_report_s < PROGRESS_INTERVAL_S:
+            return
+        self._last_report_s = now
+        if self.total:
+            message = f"{self.asset.name}: {_megabytes(self.offset)} / {_megabytes(self.total)}"
+            report(self.progress, self.offset / self.total, message)
+        else:
+            report(self.progress, 0.0, f"{self.asset.name}: {_megabytes(self.offset)}")
+
+    def read_back(self) -> None:
+        """Hash what an earlier attempt left in the ``.part`` file, so the digest covers it."""
+        self.stream.seek(0)
+        while chunk := self.stream.read(READBACK_CHUNK_BYTES):
+            if self._stop_requested():
+                raise self._cancel()
+            self.hasher.update(chunk)
+            self.offset += len(chunk)
+        if self.offset:
+            log.info("resuming %s from byte %d (%s)", self.asset.name, self.offset, self.part)
+
+    def restart(self, why: str) -> None:
+        """Throw away the ``.part`` contents and start from byte zero."""
+        log.warning("restarting download of %s from zero: %s", self.asset.name, why)
+        self.stream.truncate(0)
+        self.stream.seek(0)
+        self.hasher = hashlib.sha256()
+        self.offset = 0
+
+    def is_complete_locally(self) -> bool:
+        return self.asset.size_bytes is not None and self.offset == self.asset.size_bytes
+
+    def is_verified(self) -> bool:
+        if self.asset.sha256 is not None:
+            return self.hasher.hexdigest() == self.asset.sha256
+        return self.asset.size_bytes is None or self.offset == self.asset.size_bytes
+
+    # -- network -------------------------------------------------------------------------
+
+    def _unreachable(self, exc: BaseException) -> AssetError:
+        host = urllib.parse.urlsplit(self.url).hostname or self.url
+        return AssetError(
+            f"could not reach {host} ({_describe_network_error(exc)}): Timbre is offline or the hub is "
+            f"blocked; set {MIRROR_ENV_VAR} to a mirror (e.g. {EXAMPLE_MIRROR_URL}) or copy the file to "
+            f"{self.final}"
+        )
+
+    def _http_failure(self, exc: urllib.error.HTTPError) -> AssetError:
+        if exc.code == 404:
+            hint = f"the server does not have {self.asset.url_path}; check {MIRROR_ENV_VAR}"
+        elif exc.code in (401, 403):
+            hint = "the server refused access; try another mirror"
+        else:
+            hint = "try again later or set a mirror"
+        return AssetError(
+            f"{self.url} answered HTTP {exc.code} ({exc.reason}): {hint}, or copy the file to {self.final}"
+        )
+
+    def _open(self) -> http.client.HTTPResponse | None:
+        """Send the (range) request; None means the ``.part`` already holds the whole file."""
+        for _ in range(3):
+            headers = {"User-Agent": USER_AGENT, "Accept-Encoding": "identity"}
+            if self.offset > 0:
+                headers["Range"] = f"bytes={self.offset}-"
+            request = urllib.request.Request(self.url, headers=headers)
+            try:
+                response = self.opener.open(request, timeout=self.connect_timeout_s)
+            except urllib.error.HTTPError as exc:
+                with exc:
+                    if exc.code == 416 and self.offset > 0:
+                        _, remote_size = _content_range(exc.headers.get("Content-Range"))
+                        if remote_size == self.offset:
+                            return None
+                        self.restart(f"the server cannot serve bytes from {self.offset} on (HTTP 416)")
+                        continue
+                    raise self._http_failure(exc) from exc
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                raise self._unreachable(exc) from exc
+            content_length = _int_header(response.headers.get("Content-Length"))
+            if response.status == 206:
+                first, total = _content_range(response.headers.get("Content-Range"))
+                if first != self.offset:
+                    response.close()
+                    self.restart(f"the server answered a range starting at {first}, not {self.offset}")
+                    continue
+                if total is None and content_length is not None:
+                    total = self.offset + content_length
+            else:
+                if self.offset > 0:
+                    self.restart(f"the server ignored the range request (HTTP {response.status})")
+                total = content_length
+            if total is not None and self.asset.size_bytes is not None and total != self.asset.size_bytes:
+                response.close()
+                raise AssetError(
+                    f"{self.url} serves {total} bytes but {self.asset.name} has {self.asset.size_bytes}; the "
+                    f"mirror holds a different file. Unset {MIRROR_ENV_VAR} or copy the file to {self.final}"
+                )
+            self.total = total if total is not None else self.asset.size_bytes
+            return response
+        raise AssetError(
+            f"{self.url} kept answering inconsistent byte ranges; try again or use another mirror"
+        )
+
+    def fetch(self) -> None:
+        """One request; returns when the body is fully written, raises _Interrupted if it broke off."""
+        response = self._open()
+        if response is None:
+            return
+        received = 0
+        self._report(force=True)
+        with response:
+            while True:
+                if self._stop_requested():
+                    raise self._cancel()
+                try:
+                    chunk = response.read(DOWNLOAD_CHUNK_BYTES)
+                except (OSError, http.client.HTTPException) as exc:
+                    self.stream.flush()
+                    raise _Interrupted(_describe_network_error(exc), made_progress=received > 0) from exc
+                if not chunk:
+                    break
+                self.stream.write(chunk)
+                self.hasher.update(chunk)
+                self.offset += len(chunk)
+                self.fetched_bytes += len(chunk)
+                received += len(chunk)
+                self._report()
+        self.stream.flush()
+        if self.total is not None and self.offset < self.total:
+            reason = f"connection closed after {self.offset} of {self.total} bytes"
+            raise _Interrupted(reason, made_progress=received > 0)
+
+    def finish(self) -> None:
+        """fsync the ``.part`` and move it into place."""
+        self.stream.flush()
+        os.fsync(self.stream.fileno())
+        if os.name == "nt":  # Windows cannot replace a file that is still open
+            self.stream.close()
+        os.replace(self.part, self.final)
+        _fsync_directory(self.final.parent)
+
+    def mismatch_error(self) -> AssetError:
+        if self.asset.sha256 is not None:
+            return AssetError(
+                f"checksum mismatch for {self.asset.name} downloaded from {self.url}: expected sha256 "
+                f"{self.asset.sha256}, got {self.hasher.hexdigest()}. The download was deleted; the server "
+                f"or mirror sent a different file. Try again, unset {MIRROR_ENV_VAR}, or copy it by hand"
+            )
+        return AssetError(
+            f"size mismatch for {self.asset.name} downloaded from {self.url}: expected "
+            f"{self.asset.size_bytes} bytes, got {self.offset}. The download was deleted; try again or use "
+            "another mirror"
+        )
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename durable (POSIX); silently skipped where directories cannot be opened."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        log.debug("fsync of %s not supported", directory)
+    finally:
+        os.close(fd)
+
+
+def _lock_exclusively(stream: BinaryIO, asset: Asset, part: Path) -> None:
+    """Refuse to write a ``.part`` that another download holds (POSIX advisory lock)."""
+    try:
+        import fcntl
+    except ImportError:
+        return
+    try:
+        fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        raise AssetError(
+            f"another download of {asset.name} is writing {part}; wait for it to finish"
+        ) from exc
+
+
+def download_asset(
+    name: str,
+    pretrained_dir: str | os.PathLike[str] | None = None,
+    *,
+    base_url: str | None = None,
+    registry: Registry = DEFAULT_REGISTRY,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    connect_timeout_s: float = 10.0,
+    read_timeout_s: float = 30.0,
+    max_resumes: int = 2,
+) -> Path:
+    """Download one asset into place and return its path (at once if already present).
+
+    Streams to ``<final>.part``, resumes an earlier ``.part`` with an HTTP Range request, verifies
+    the sha256 (or size when no hash is known) and then moves the file into place. A transfer that
+    breaks off after making progress is resumed up to ``max_resumes`` times within this call.
+
+    Raises:
+        AssetError: unknown name, unreachable server (never waits longer than the timeouts), HTTP
+            error, or checksum/size mismatch (the bad download is deleted).
+        Cancelled: ``should_stop`` returned True; the ``.part`` stays for a later resume.
+    """
+    if connect_timeout_s <= 0 or read_timeout_s <= 0:
+        raise AssetError("connect_timeout_s and read_timeout_s must be positive")
+    if max_resumes < 0:
+        raise AssetError("max_resumes must be >= 0")
+    asset = find_asset(name, registry)
+    root = _root(pretrained_dir)
+    final = _local_path(asset, root)
+    url = asset.url(resolve_base_url(base_url))
+    current = _status_of(asset, root)
+    if current.is_usable:
+        log.info("%s already present at %s", asset.name, final)
+        report(progress, 1.0, f"{asset.name}: already present")
+        return final
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        stream = open(_part_path(final), "a+b")  # noqa: SIM115 (closed in the finally below)
+    except OSError as exc:
+        raise AssetError(f"cannot write to {final.parent} ({exc}); check the folder's permissions") from exc
+    is_locked = False
+    try:
+        _lock_exclusively(stream, asset, _part_path(final))
+        is_locked = True
+        transfer = _Download(
+            asset,
+            url,
+            final,
+            stream,
+            opener=_build_opener(read_timeout_s),
+            progress=progress,
+            should_stop=should_stop,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+        )
+        _run_transfer(transfer, max_resumes)
+    except OSError as exc:
+        raise AssetError(f"could not write {_part_path(final)} ({exc}); check free disk space") from exc
+    finally:
+        if is_locked and not stream.closed and _file_size(_part_path(final)) == 0:
+            _part_path(final).unlink(missing_ok=True)  # nothing arrived: leave no empty .part behind
+        stream.close()
+    log.info("downloaded %s to %s", asset.name, final)
+    report(progress, 1.0, f"{asset.name}: done")
+    return final
+
+
+def _run_transfer(transfer: _Download, max_resumes: int) -> None:
+    transfer.read_back()
+    if transfer.asset.size_bytes is not None and transfer.offset > transfer.asset.size_bytes:
+        transfer.restart("the partial download is longer than the file")
+    resumes_left = max_resumes
+    rechecked_local = False
+    while True:
+        if not transfer.is_complete_locally():
+            try:
+                transfer.fetch()
+            except _Interrupted as exc:
+                if exc.made_progress and resumes_left > 0:
+                    resumes_left -= 1
+                    log.warning("download of %s broke off (%s); resuming", transfer.asset.name, exc.reason)
+                    continue
+                raise AssetError(
+                    f"download of {transfer.asset.name} from {transfer.url} broke off ({exc.reason}); "
+                    f"{_megabytes(transfer.offset)} are kept in {transfer.part}. Run "
+                    f"`{download_command(transfer.asset.name)}` again to resume"
+                ) from exc
+        if transfer.is_verified():
+            break
+        if transfer.fetched_bytes == 0 and not rechecked_local:
+            # The bytes all came from an earlier .part: start over once before blaming the server.
+            rechecked_local = True
+            transfer.restart("the earlier partial download does not match the checksum")
+            continue
+        error = transfer.mismatch_error()
+        transfer.stream.close()
+        transfer.part.unlink(missing_ok=True)
+        raise error
+    transfer.finish()
+
+
+# --------------------------------------------------------------------------------------------
+# CLI: `python -m infer assets status|download` (infer/__main__.py wires these two functions in).
+
+
+def add_assets_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``assets`` command (``status`` and ``download``) to a CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "assets",
+        help="list and download pretrained files",
+        description=(
+            f"Pretrained files live in ${PRETRAINED_DIR_ENV_VAR} or ./pretrained. Downloads come from "
+            f"{DEFAULT_BASE_URL} unless {MIRROR_ENV_VAR} or --mirror names another base URL."
+        ),
+    )
+    actions = parser.add_subparsers(dest="assets_action", metavar="ACTION", required=True)
+    status = actions.add_parser("status", help="show which pretrained files are present")
+    status.add_argument(
+        "--dir", dest="pretrained_dir", metavar="PATH", type=Path, default=None, help="pretrained folder"
+    )
+    status.add_argument("--verify", action="store_true", help="re-hash present files (slow)")
+    download = actions.add_parser("download", help="download pretrained files (resumable, checksummed)")
+    download.add_argument("names", nargs="*", metavar="NAME", help="asset names, e.g. hubert_base.pt")
+    download.add_argument("--all", dest="all_assets", action="store_true", help="download every asset")
+    download.add_argument(
+        "--mirror", metavar="URL", default=None, help=f"base URL (overrides {MIRROR_ENV_VAR})"
+    )
+    download.add_argument(
+        "--dir", dest="pretrained_dir", metavar="PATH", type=Path, default=None, help="pretrained folder"
+    )
+
+
+def run_assets_command(args: argparse.Namespace, *, registry: Registry = DEFAULT_REGISTRY) -> int:
+    """Run ``assets status`` or ``assets download``; returns the process exit code."""
+    action = getattr(args, "assets_action", None)
+    try:
+        if action == "status":
+            return _cli_status(args, registry)
+        if action == "download":
+            return _cli_download(args, registry)
+    except TimbreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"error: unknown assets action {action!r}; use `status` or `download`", file=sys.stderr)
+    return 1
+
+
+def _size_cell(n_bytes: int | None) -> str:
+    return "-" if n_bytes is None else _megabytes(n_bytes)
+
+
+def _cli_status(args: argparse.Namespace, registry: Registry) -> int:
+    root = _root(getattr(args, "pretrained_dir", None))
+    statuses = asset_status(root, registry, verify_checksum=bool(getattr(args, "verify", False)))
+    name_width = max([len("NAME"), *(len(s.name) for s in statuses)])
+    print(f"pretrained folder: {root}")
+    print(f"{'NAME':<{name_width}}  {'STATE':<12}  {'ON DISK':>10}  {'EXPECTED':>10}  DESCRIPTION")
+    for status in statuses:
+        description = registry[status.name].description
+        print(
+            f"{status.name:<{name_width}}  {status.state:<12}  {_size_cell(status.size_bytes):>10}  "
+            f"{_size_cell(status.expected_size_bytes):>10}  {description}"
+        )
+    usable = sum(status.is_usable for status in statuses)
+    print(f"{usable} of {len(statuses)} present; get the rest with `{download_command('NAME')}` or --all")
+    return 0
+
+
+def _cli_download(args: argparse.Namespace, registry: Registry) -> int:
+    from tqdm import tqdm
+
+    root = _root(getattr(args, "pretrained_dir", None))
+    if getattr(args, "all_assets", False):
+        names = list(registry)
+    else:
+        names = []
+        for query in getattr(args, "names", None) or []:
+            name = find_asset(query, registry).name
+            if name not in names:
+                names.append(name)
+    if not names:
+        print(
+            "error: name assets to download (see `python -m infer assets status`) or --all", file=sys.stderr
+        )
+        return 1
+    base_url = resolve_base_url(getattr(args, "mirror", None))
+    for name in names:
+        with tqdm(
+            total=PROGRESS_BAR_STEPS, desc=name, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}"
+        ) as bar:
+
+            def show(fraction: float, message: str, bar: Any = bar) -> None:
+                bar.n = round(fraction * PROGRESS_BAR_STEPS)
+                bar.set_postfix_str(message.partition(": ")[2], refresh=False)
+                bar.refresh()
+
+            try:
+                path = download_asset(name, root, base_url=base_url, registry=registry, progress=show)
+            except KeyboardInterrupt:
+                bar.close()
+                print(f"stopped; the partial {name} is kept and resumes next time", file=sys.stderr)
+                return 130
+        print(f"{name}: {path}")
+    return 0

@@ -1,0 +1,254 @@
+"""Feature retrieval: load a faiss index of training features and blend nearest neighbours into a query.
+
+This follows RVC's inference use of the ``added_*.index`` file: ``k = 8`` nearest neighbours by
+squared L2 distance, weights ``(1 / score) ** 2`` normalised per row, a weighted sum of the indexed
+vectors, then a linear mix with the query by ``index_rate``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infer.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_K = 8
+INDEX_CACHE_SIZE = 4
+BLEND_BLOCK_ROWS = 1024
+"""Query rows processed at once, bounding the (rows, k, C) gather to a few tens of MB."""
+
+
+@dataclass(frozen=True, eq=False)
+class RetrievalIndex:
+    """A loaded faiss index plus its vectors in id order (RVC's ``big_npy``).
+
+    Attributes:
+        index: the faiss index as read from the file (its stored ``nprobe`` is kept).
+        vectors: (N, C) float32, read-only, ``index.reconstruct_n(0, N)``.
+        path: the resolved file path it was read from.
+    """
+
+    index: Any
+    vectors: np.ndarray
+    path: Path
+
+    @property
+    def dim(self) -> int:
+        """Feature dimension C of the indexed vectors."""
+        return int(self.vectors.shape[1])
+
+    @property
+    def size(self) -> int:
+        """Number of indexed vectors N."""
+        return int(self.vectors.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class RetrievalResult:
+    """Raw neighbour search and blend terms for T query frames.
+
+    Attributes:
+        score: (T, k) float32 squared L2 distances from faiss (3.4e38 where no neighbour was found).
+        ix: (T, k) int64 vector ids (-1 where no neighbour was found).
+        weight: (T, k) float32 normalised blend weights; rows sum to 1, or are all 0 where nothing
+            was found.
+        retrieved: (T, C) float32 weighted sum of neighbours; the query row itself where nothing was
+            found.
+    """
+
+    score: np.ndarray
+    ix: np.ndarray
+    weight: np.ndarray
+    retrieved: np.ndarray
+
+
+def load_index(path: str | Path) -> RetrievalIndex:
+    """Read a faiss index file and reconstruct its vectors; cached on (path, mtime, size).
+
+    Args:
+        path: an ``added_*.index`` file written by RVC or Timbre training.
+
+    Returns:
+        The loaded index. Repeated calls for an unchanged file return the same object.
+
+    Raises:
+        ModelLoadError: the file is missing, is not a faiss index, holds no vectors, or its vectors
+            cannot be reconstructed.
+    """
+    resolved = Path(path).expanduser().resolve()
+    try:
+        stat = resolved.stat()
+    except FileNotFoundError:
+        raise ModelLoadError(f"index file not found: {resolved}; pick an existing .index file") from None
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read index file {resolved}: {exc}") from exc
+    if not resolved.is_file():
+        raise ModelLoadError(f"{resolved} is not a file; pick the .index file itself")
+    return _load_index_cached(str(resolved), stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=INDEX_CACHE_SIZE)
+def _load_index_cached(path_str: str, mtime_ns: int, size_bytes: int) -> RetrievalIndex:
+    """Uncached body of :func:`load_index`; the stat values only key the cache."""
+    import faiss
+
+    path = Path(path_str)
+    if size_bytes == 0:
+        raise ModelLoadError(
+            f"{path.name} is an empty file, not a faiss index; pick the training's .index file"
+        )
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read index file {path}: {exc}") from exc
+    try:
+        index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+    except (RuntimeError, MemoryError) as exc:
+        raise ModelLoadError(
+            f"{path.name} is not a faiss index (faiss says: {_first_line(exc)}); "
+            "pick the 'added_*.index' file that training wrote"
+        ) from exc
+    if index.ntotal == 0:
+        raise ModelLoadError(
+            f"{path.name} is an empty faiss index (0 vectors): it was saved before any vectors were "
+            "added, like RVC's 'trained_*.index'; pick the 'added_*.index' file instead"
+        )
+    try:
+        vectors = np.ascontiguousarray(index.reconstruct_n(0, index.ntotal), dtype=np.float32)
+    except RuntimeError as exc:
+        raise ModelLoadError(
+            f"{path.name}: this faiss index type cannot return its stored vectors "
+            f"({_first_line(exc)}); rebuild it as an IVF,Flat index"
+        ) from exc
+    vectors.setflags(write=False)
+    log.info("loaded index %s: %d vectors of dim %d", path.name, vectors.shape[0], vectors.shape[1])
+    return RetrievalIndex(index=index, vectors=vectors, path=path)
+
+
+def _first_line(exc: BaseException) -> str:
+    """The most informative short line of a faiss exception message."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def check_dim(index: RetrievalIndex, content_dim: int) -> None:
+    """Raise if the index's feature dimension differs from the model's content dimension.
+
+    Raises:
+        ModelLoadError: naming both dimensions (e.g. a 256-d v1 index with a 768-d v2 model).
+    """
+    if index.dim != content_dim:
+        raise ModelLoadError(
+            f"index {index.path.name} holds {index.dim}-dim features but the voice model uses "
+            f"{content_dim}-dim content features (e.g. a v1 index with a v2 model); "
+            "use the index that was trained together with this model"
+        )
+
+
+def retrieve(feats: np.ndarray, index: RetrievalIndex, *, k: int = DEFAULT_K) -> RetrievalResult:
+    """Search the ``k`` nearest indexed vectors of each frame and form their weighted sum.
+
+    Weights are ``(1 / score) ** 2`` (score = squared L2 distance) normalised per row, computed in
+    float32 like RVC. Two cases where RVC yields NaN or relies on luck are made deterministic:
+
+    * ``score == 0`` (a frame equals an indexed vector) or any weight overflowing float32: the row's
+      weight is split equally among the neighbours at the row's smallest score, so an exact match
+      retrieves that vector.
+    * ``ix == -1`` (faiss found fewer than ``k`` vectors in the probed lists): those slots get weight
+      0 (RVC reads ``big_npy[-1]`` with a weight that underflows to 0, the same result). A row with
+      no neighbour at all retrieves the query row itself, so blending leaves it unchanged.
+
+    Args:
+        feats: (T, C) float32 content features.
+        index: the loaded index; its ``dim`` must equal C.
+        k: neighbours per frame.
+
+    Returns:
+        The search results and blend terms; see :class:`RetrievalResult`.
+    """
+    query = _as_query(feats, index)
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    n_rows = query.shape[0]
+    if n_rows == 0:
+        empty = np.zeros((0, k), dtype=np.float32)
+        return RetrievalResult(empty, np.zeros((0, k), np.int64), empty.copy(), query.copy())
+    score, ix = index.index.search(query, k)
+    score = np.asarray(score, dtype=np.float32)
+    ix = np.asarray(ix, dtype=np.int64)
+    weight = _blend_weights(score, ix)
+    retrieved = np.empty_like(query)
+    safe_ix = np.where(ix >= 0, ix, 0)
+    for start in range(0, n_rows, BLEND_BLOCK_ROWS):
+        rows = slice(start, start + BLEND_BLOCK_ROWS)
+        gathered = index.vectors[safe_ix[rows]]
+        retrieved[rows] = np.sum(gathered * weight[rows][:, :, None], axis=1)
+    no_neighbour = ~(ix >= 0).any(axis=1)
+    if no_neighbour.any():
+        log.warning("%d frames found no index neighbour; they keep their own features", no_neighbour.sum())
+        retrieved[no_neighbour] = query[no_neighbour]
+    return RetrievalResult(score=score, ix=ix, weight=weight, retrieved=retrieved)
+
+
+def _blend_weights(score: np.ndarray, ix: np.ndarray) -> np.ndarray:
+    """(T, k) float32 normalised inverse-square-distance weights with the edge cases of :func:`retrieve`."""
+    valid = ix >= 0
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        weight = np.square(np.float32(1.0) / score)
+        weight = np.where(valid, weight, np.float32(0.0)).astype(np.float32)
+        total = weight.sum(axis=1, keepdims=True)
+        is_bad = ~np.isfinite(total[:, 0]) | ~np.isfinite(weight).all(axis=1)
+        normalised = weight / total
+    has_any = valid.any(axis=1)
+    is_bad |= has_any & ~(total[:, 0] > 0)
+    if is_bad.any():
+        masked = np.where(valid, score, np.inf)
+        best = masked.min(axis=1, keepdims=True)
+        ties = (masked == best) & valid
+        tie_weight = ties.astype(np.float32) / ties.sum(axis=1, keepdims=True).astype(np.float32)
+        normalised[is_bad] = tie_weight[is_bad]
+    normalised[~has_any] = 0.0
+    return normalised.astype(np.float32, copy=False)
+
+
+def _as_query(feats: np.ndarray, index: RetrievalIndex) -> np.ndarray:
+    """Validate (T, C) features against the index and return a C-contiguous float32 copy or view."""
+    feats = np.asarray(feats)
+    if feats.ndim != 2:
+        raise ValueError(f"features must be (T, C), got shape {feats.shape}")
+    check_dim(index, feats.shape[1])
+    return np.ascontiguousarray(feats, dtype=np.float32)
+
+
+def search_and_blend(
+    feats: np.ndarray, index: RetrievalIndex | None, index_rate: float, *, k: int = DEFAULT_K
+) -> np.ndarray:
+    """Mix retrieved training features into the query: ``retrieved * index_rate + (1 - index_rate) * feats``.
+
+    Skipped (a float32 copy of ``feats`` is returned) when ``index_rate == 0`` or ``index`` is None.
+
+    Args:
+        feats: (T, C) float32 content features at 50 fps (before the 2x upsampling).
+        index: the loaded index, or None.
+        index_rate: share of retrieved features, in [0, 1].
+        k: neighbours per frame.
+
+    Returns:
+        (T, C) float32.
+    """
+    rate = float(index_rate)
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"index_rate must be in [0, 1], got {index_rate}")
+    if index is None or rate == 0:
+        return np.array(feats, dtype=np.float32, copy=True)
+    query = _as_query(feats, index)
+    retrieved = retrieve(query, index, k=k).retrieved
+    # Both factors are rounded to float32 first, as torch does with a Python scalar in RVC.
+    return retrieved * np.float32(rate) + np.float32(1.0 - rate) * query
