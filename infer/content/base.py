@@ -222,9 +222,10 @@ def _register(
 
 @functools.cache
 def _ensure_builtins() -> None:
-    from infer.content import hubert
+    from infer.content import hubert, whisper
 
     hubert.register_builtins()
+    whisper.register_builtins()
 
 
 def _default_pretrained_dir() -> Path:

@@ -1,0 +1,482 @@
+"""The studio: pure helpers, and the real app on 127.0.0.1 driven through gradio_client.
+
+Only what works without voice models is exercised here (listing, error paths, jobs, assets);
+conversions of real audio are covered where the models are.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError, AuthenticationError
+
+import app
+from infer.catalog import ModelEntry
+from infer.errors import AudioDecodeError, Cancelled
+
+# Gradio's queue uses pandas options that pandas 3 deprecates; not this project's code.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+EXPECTED_API_NAMES = {
+    "/refresh_models", "/model_info", "/convert", "/cancel_convert", "/train_prepare", "/train_extract",
+    "/train_fit", "/train_index", "/train_export", "/train_run_all", "/pretrained_status", "/list_jobs",
+    "/job_status", "/cancel_job", "/resume_job", "/list_models", "/rename_model", "/delete_model",
+    "/export_model", "/import_model", "/asset_status", "/download_asset", "/cancel_download", "/device_info",
+    "/jobs_selftest",
+}  # fmt: skip
+CONVERT_DEFAULTS = [0, "auto", 0.75, 3, 0.25, 0.33, "model", 0, "off", 4, 1.0, 0.5, "cpu"]
+TRAIN_DEFAULTS = ["auto", True, -42, 3.7, "rmvpe", 2, 4, 1, True, False, False]
+
+
+# ---- pure helpers --------------------------------------------------------------------------
+
+
+def test_convert_params_mapping() -> None:
+    params = app.convert_params_from_ui(2, "auto", 0.5, 3, 0.25, 0.33, "model", 0, "off", 4, 1.0, 0.5)
+    assert params == {
+        "pitch_shift_semitones": 2.0,
+        "f0_method": None,
+        "index_rate": 0.5,
+        "filter_radius": 3,
+        "rms_mix_rate": 0.25,
+        "protect": 0.33,
+        "output_sample_rate": 0,
+        "speaker_id": 0,
+    }
+    params = app.convert_params_from_ui(0, "rmvpe", 0.5, 3, 0.25, 0.33, "48000", 1, "ddim", 20, 2.0, 0.3)
+    assert (params["f0_method"], params["output_sample_rate"], params["speaker_id"]) == ("rmvpe", 48000, 1)
+    assert (params["sampler"], params["diffusion_steps"], params["guidance_weight"]) == ("ddim", 20, 2.0)
+    with pytest.raises(app.StudioError, match="LCM sampler takes 1 to 4 steps"):
+        app.convert_params_from_ui(0, "rmvpe", 0.5, 3, 0.25, 0.33, "model", 0, "lcm", 8, 1.0, 0.5)
+    with pytest.raises(app.StudioError, match="unknown F0 method"):
+        app.convert_params_from_ui(0, "yin", 0.5, 3, 0.25, 0.33, "model", 0, "off", 4, 1.0, 0.5)
+
+
+def test_check_audio_inputs(tmp_path: Path) -> None:
+    (tmp_path / "a.wav").write_bytes(b"RIFF")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    assert app.check_audio_inputs([None, str(tmp_path / "a.wav")]) == [tmp_path / "a.wav"]
+    with pytest.raises(AudioDecodeError, match="no audio given"):
+        app.check_audio_inputs([None])
+    with pytest.raises(AudioDecodeError, match=r"empty\.wav is empty \(0 bytes\)"):
+        app.check_audio_inputs([str(tmp_path / "a.wav"), str(tmp_path / "empty.wav")])
+
+
+def test_f0_plot_frame_drops_unvoiced_and_thins() -> None:
+    src = np.array([0.0, 100.0, 110.0, 0.0, 120.0])
+    frame = app.f0_plot_frame(src, src * 2)
+    assert list(frame.columns) == ["time_s", "f0_hz", "series"]
+    inputs = frame[frame.series == "input"]
+    assert inputs.time_s.tolist() == [0.01, 0.02, 0.04] and inputs.f0_hz.tolist() == [100, 110, 120]
+    assert frame[frame.series == "output"].f0_hz.tolist() == [200, 220, 240]
+    long = app.f0_plot_frame(np.full(10_000, 150.0), None, max_points=1000)
+    assert len(long) == 1000 and long.time_s.iloc[1] == pytest.approx(0.1)
+    assert len(app.f0_plot_frame(None, None)) == 0
+
+
+def test_metrics_frame_and_formatting() -> None:
+    rows = [(step, {"loss_mel": 10.0 - step, "loss_kl": None}) for step in range(10)]
+    frame = app.metrics_frame(rows, max_points=4)
+    assert frame.step.tolist() == [0, 3, 6, 9] and set(frame.metric) == {"loss_mel"}
+    assert frame.value.tolist() == [10.0, 7.0, 4.0, 1.0]
+    assert app.format_eta(None) == "estimating..."
+    assert app.format_eta(42.4) == "42 s"
+    assert app.format_eta(125) == "2 min 05 s"
+    assert app.format_eta(7260) == "2 h 01 min"
+    assert app.format_bytes(999) == "999 B"
+    assert app.format_bytes(12_345_678) == "12.3 MB"
+
+
+def test_auth_parsing(tmp_path: Path) -> None:
+    assert app.parse_auth("ann:se:cret") == ("ann", "se:cret")
+    with pytest.raises(ValueError, match="user:password"):
+        app.parse_auth("ann")
+    with pytest.raises(ValueError, match="user:password"):
+        app.parse_auth(":pw")
+    auth_file = tmp_path / "users.txt"
+    auth_file.write_text("# studio users\nann:one\n\nbob:two\n")
+    assert app.read_auth_file(auth_file) == [("ann", "one"), ("bob", "two")]
+    auth_file.write_text("ann:one\nbroken\n")
+    with pytest.raises(ValueError, match="line 2"):
+        app.read_auth_file(auth_file)
+
+
+def test_loopback_and_exposure_warning(caplog: pytest.LogCaptureFixture) -> None:
+    assert app.is_loopback("127.0.0.1") and app.is_loopback("localhost") and app.is_loopback("::1")
+    assert not app.is_loopback("0.0.0.0") and not app.is_loopback("192.168.1.4")
+    with caplog.at_level(logging.WARNING):
+        assert app.warn_if_exposed("0.0.0.0", None) is True
+        assert app.warn_if_exposed("0.0.0.0", [("a", "b")]) is False
+        assert app.warn_if_exposed("127.0.0.1", None) is False
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "without --auth" in warnings[0].getMessage()
+
+
+def test_command_line_arguments(tmp_path: Path) -> None:
+    args = app.build_parser().parse_args([])
+    assert (args.host, args.port, args.auth, args.auth_file, args.models_dir) == (
+        "127.0.0.1",
+        7860,
+        None,
+        None,
+        None,
+    )
+    args = app.build_parser().parse_args(
+        ["--host", "0.0.0.0", "--port", "9000", "--auth", "a:b", "--models-dir", "m"]
+    )
+    assert (args.host, args.port, args.auth, args.models_dir) == ("0.0.0.0", 9000, "a:b", "m")
+    with pytest.raises(SystemExit):
+        app.build_parser().parse_args(["--auth", "a:b", "--auth-file", str(tmp_path / "f")])
+
+
+def test_missing_export_module_is_a_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "train.export", None)
+    with pytest.raises(app.StudioError, match=r"train\.export is missing"):
+        app._export_module()
+
+
+def test_stage_dataset_uploads(tmp_path: Path) -> None:
+    clip = tmp_path / "clip one.wav"
+    clip.write_bytes(b"RIFF0000")
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("voice/a.wav", b"RIFFa")
+        zf.writestr("voice/notes.txt", b"skip me")
+    staged = app.stage_dataset_uploads([str(clip), str(archive)], tmp_path / "uploads")
+    assert staged[0].name == "000_clip_one.wav" and staged[0].read_bytes() == b"RIFF0000"
+    assert staged[1].is_dir() and (staged[1] / "voice" / "a.wav").read_bytes() == b"RIFFa"
+    assert not (staged[1] / "voice" / "notes.txt").exists()
+
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(app.StudioError, match=r"empty\.wav is empty"):
+        app.stage_dataset_uploads([str(empty)], tmp_path / "uploads2")
+    assert not (tmp_path / "uploads2").exists()
+
+
+class _FakePipeline:
+    """Stands in for infer.pipeline so the batch adapter can be checked without voice models."""
+
+    class ConvertParams:
+        @classmethod
+        def from_dict(cls, values: dict) -> dict:
+            if "sampler" in values:
+                raise ValueError(f"unknown conversion parameter(s): {['sampler']}")
+            return values
+
+    @dataclass(frozen=True)
+    class Resources:
+        pretrained_dir: Path
+        device: str
+
+    @staticmethod
+    def load_voice(model_path: Path, index_path: Path | None, *, device: str) -> str:
+        return f"voice:{Path(model_path).name}"
+
+    @staticmethod
+    def convert(
+        audio: np.ndarray,
+        voice: str,
+        params: dict,
+        *,
+        resources: object,
+        progress: Callable,
+        should_stop: Callable | None,
+    ) -> SimpleNamespace:
+        for fraction in (0.0, 0.5, 1.0):
+            if should_stop is not None and should_stop():
+                raise Cancelled("stopped on request")
+            progress(fraction, "synthesis")
+        f0 = np.full(len(audio) // 160, 200.0, dtype=np.float32)
+        return SimpleNamespace(
+            audio=audio * 0.5,
+            sample_rate=16000,
+            f0_source_hz=f0,
+            f0_target_hz=f0 * 2,
+            timings_s={"total": 0.1},
+            warnings=[],
+        )
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "infer.pipeline", _FakePipeline)
+
+
+def test_convert_files_batch_adapter(tmp_path: Path, fake_pipeline: None) -> None:
+    import soundfile as sf
+
+    good = tmp_path / "good take.wav"
+    sf.write(good, (0.1 * np.sin(np.arange(16000) / 10)).astype(np.float32), 16000)
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(bytes(range(256)) * 4)
+    entry = ModelEntry("alice", tmp_path, tmp_path / "alice.pth", None)
+    seen: list[tuple[float, str]] = []
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    outcome = app.convert_files(
+        [good, broken], entry, {"pitch_shift_semitones": 0.0}, index_path=None, out_dir=out_dir,
+        pretrained_dir=tmp_path, device="cpu", progress=lambda f, s: seen.append((f, s)),
+    )  # fmt: skip
+    assert [p.name for p in outcome.outputs] == ["good_take_alice.wav"]
+    data, rate = sf.read(outcome.outputs[0])
+    assert rate == 16000 and len(data) == 16000
+    assert len(outcome.failures) == 1 and outcome.failures[0].startswith("broken.wav: cannot decode")
+    with zipfile.ZipFile(outcome.archive) as zf:
+        assert zf.namelist() == ["good_take_alice.wav"]
+    fractions = [f for f, _ in seen]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert ("good take.wav (1/2): synthesis", 0.25) in [(s, f) for f, s in seen]
+    assert "Converted 1 of 2" in outcome.summary and "broken.wav" in outcome.summary
+    assert len(outcome.f0_source_hz) == 100
+
+    with pytest.raises(Cancelled):
+        app.convert_files(
+            [good], entry, {}, index_path=None, out_dir=out_dir, pretrained_dir=tmp_path, device="cpu",
+            should_stop=lambda: True,
+        )  # fmt: skip
+    with pytest.raises(app.StudioError, match="invalid conversion settings: unknown conversion parameter"):
+        app.convert_files(
+            [good], entry, {"sampler": "ddim"}, index_path=None, out_dir=out_dir, pretrained_dir=tmp_path,
+            device="cpu",
+        )  # fmt: skip
+
+
+def test_restarted_app_marks_lost_jobs_interrupted(tmp_path: Path) -> None:
+    store = app.JobStore(tmp_path / "data" / app.JOBS_DB_NAME)
+    job_id = store.create_job("gina", "fit", {})
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    store.mark_running(job_id, gone.pid, None)
+    app.build_app(tmp_path / "models", tmp_path / "data", tmp_path / "pretrained")
+    job = store.get_job(job_id)
+    assert job.state == "interrupted" and job.is_resumable
+
+
+def test_import_and_build_load_no_model_code(tmp_path: Path) -> None:
+    code = (
+        "import sys; from pathlib import Path; import app; "
+        f"root = Path({str(tmp_path)!r}); app.build_app(root / 'm', root / 'd', root / 'p'); "
+        "print(sorted(m for m in ('torch', 'infer.pipeline', 'infer.models') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---- the running app -----------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, Path]]:
+    root = tmp_path_factory.mktemp("studio")
+    models = root / "models"
+    (models / "alice").mkdir(parents=True)
+    (models / "alice" / "alice.pth").write_bytes(b"\x00" * 10)
+    (models / "alice" / "timbre.json").write_text(
+        json.dumps({"sample_rate": 40000, "version": "v2", "use_f0": True, "epochs": 12})
+    )
+    (models / "bob.pth").write_bytes(b"\x00" * 20)
+    demo = app.build_app(models, root / "data", root / "pretrained")
+    port = _free_port()
+    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        yield Client(f"http://127.0.0.1:{port}/", verbose=False), root
+    finally:
+        demo.close()
+
+
+def _convert(client: Client, model: str, audio: Path | None) -> tuple:
+    single = handle_file(str(audio)) if audio is not None else None
+    return client.predict(model, app.INDEX_AUTO, single, [], *CONVERT_DEFAULTS, api_name="/convert")
+
+
+def _train(client: Client, api_name: str, experiment: str, uploads: list[Path]) -> tuple:
+    files = [handle_file(str(p)) for p in uploads]
+    return client.predict(experiment, "40000", "v2", True, files, "", *TRAIN_DEFAULTS, api_name=api_name)
+
+
+def _wait_job_state(client: Client, job_id: int, states: set[str], timeout_s: float = 20.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = client.predict(job_id, api_name="/job_status")[0]
+        for state in states:
+            if f"**{state}**" in status:
+                return status
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not reach {states}: {status}")
+
+
+def test_api_names_exposed(studio: tuple[Client, Path]) -> None:
+    client, _ = studio
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert names == EXPECTED_API_NAMES
+
+
+def test_page_config_carries_the_css(studio: tuple[Client, Path]) -> None:
+    client, _ = studio
+    with urllib.request.urlopen(client.src.rstrip("/") + "/config", timeout=10) as response:
+        config = json.load(response)
+    assert ".timbre-log" in config["css"] and "max-width: 1280px" in config["css"]
+    assert config["title"] == "Timbre studio"
+
+
+def test_auth_is_required(tmp_path: Path) -> None:
+    demo = app.build_app(tmp_path / "models", tmp_path / "data", tmp_path / "pretrained")
+    port = _free_port()
+    app.launch(demo, host="127.0.0.1", port=port, auth=[("ann", "pw")], prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        with pytest.raises(AuthenticationError):
+            Client(url, verbose=False)
+        client = Client(url, auth=("ann", "pw"), verbose=False)
+        assert client.predict(api_name="/list_models")["data"] == []
+    finally:
+        demo.close()
+
+
+def test_list_models_and_info(studio: tuple[Client, Path]) -> None:
+    client, _ = studio
+    table = client.predict(api_name="/list_models")
+    assert table["headers"] == app.MODEL_TABLE_HEADERS
+    rows = {row[0]: row for row in table["data"]}
+    assert rows["alice"][1:5] == ["40 kHz", "v2", "yes", "12"]
+    assert rows["bob"][1] == "?" and rows["bob"][5] == "20 B"
+    info = client.predict("alice", api_name="/model_info")
+    assert "**alice**" in info and "40 kHz" in info and "12 epochs" in info
+
+
+def test_convert_error_paths_keep_the_server_serving(studio: tuple[Client, Path]) -> None:
+    client, root = studio
+    empty = root / "empty.wav"
+    empty.write_bytes(b"")
+    broken = root / "broken.wav"
+    broken.write_bytes(bytes(range(256)) * 8)
+    with pytest.raises(AppError, match=r"empty\.wav is empty \(0 bytes\)"):
+        _convert(client, "alice", empty)
+    with pytest.raises(AppError, match=r"cannot decode broken\.wav"):
+        _convert(client, "alice", broken)
+    with pytest.raises(AppError, match="no audio given"):
+        _convert(client, "alice", None)
+    with pytest.raises(AppError, match="no model called 'zed'"):
+        _convert(client, "zed", broken)
+    assert client.predict(api_name="/cancel_convert") == "No conversion is running."
+    assert {row[0] for row in client.predict(api_name="/list_models")["data"]} == {"alice", "bob"}
+
+
+def test_import_rename_delete(studio: tuple[Client, Path]) -> None:
+    client, root = studio
+    pth = root / "upload" / "carol.pth"
+    pth.parent.mkdir()
+    pth.write_bytes(b"\x01" * 30)
+    index = root / "upload" / "added_carol.index"
+    index.write_bytes(b"\x02" * 5)
+    uploads = [handle_file(str(pth)), handle_file(str(index))]
+    table, picked, status = client.predict(uploads, "", api_name="/import_model")
+    assert "Imported **carol**" in status and picked["value"] == "carol"
+    assert "carol" in {r[0] for r in table["data"]}
+    assert (root / "models" / "carol" / "carol.pth").read_bytes() == b"\x01" * 30
+
+    empty = root / "upload" / "void.pth"
+    empty.write_bytes(b"")
+    with pytest.raises(AppError, match=r"void\.pth is empty"):
+        client.predict([handle_file(str(empty))], "", api_name="/import_model")
+
+    _, picked, status = client.predict("carol", "caroline", api_name="/rename_model")
+    assert picked["value"] == "caroline" and "Renamed **carol** to **caroline**" in status
+    with pytest.raises(AppError, match="type the model's name"):
+        client.predict("caroline", "carol", api_name="/delete_model")
+    with pytest.raises(AppError, match="slashes"):
+        client.predict("caroline", "../x", api_name="/rename_model")
+    table, _, status = client.predict("caroline", "caroline", api_name="/delete_model")
+    assert "Deleted" in status and "caroline" not in {r[0] for r in table["data"]}
+    assert not (root / "models" / "caroline").exists()
+
+
+def test_assets_and_pretrained_status(studio: tuple[Client, Path]) -> None:
+    client, _ = studio
+    table = client.predict(api_name="/asset_status")
+    rows = {row[0]: row for row in table["data"]}
+    assert rows["hubert_base.pt"][1] == "missing"
+    assert rows["hubert_base.pt"][4] == "python -m infer assets download hubert_base.pt"
+    status = client.predict("40000", "v2", True, api_name="/pretrained_status")
+    assert "pretrained_v2/f0G40k.pth" in status and "pretrained_v2/f0D40k.pth" in status
+    assert "**missing**" in status
+    with pytest.raises(AppError, match="not in the list of choices"):
+        client.predict("no_such_file.pt", api_name="/download_asset")
+    assert client.predict(api_name="/cancel_download") == "No download is running."
+    assert "CPU cores" in client.predict(api_name="/device_info")
+
+
+def test_train_upload_with_traversal_zip_is_refused(studio: tuple[Client, Path]) -> None:
+    client, root = studio
+    evil = root / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../escaped.wav", b"RIFF")
+    with pytest.raises(AppError, match=r"climbs out of the target folder"):
+        _train(client, "/train_prepare", "erin", [evil])
+    with pytest.raises(AppError, match="no dataset"):
+        _train(client, "/train_prepare", "erin", [])
+    with pytest.raises(AppError, match="starts with a dot"):
+        _train(client, "/train_fit", ".erin", [])
+    assert not list(root.rglob("escaped.wav"))
+    _, jobs = client.predict(api_name="/list_jobs")
+    assert "erin" not in {row[1] for row in jobs["data"]}
+
+
+def test_train_button_runs_a_worker_job(studio: tuple[Client, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    client, root = studio
+    # Stand-in for the training code (not part of this module): a target that rejects the params.
+    monkeypatch.setitem(app.TRAIN_TARGETS, "fit", "train.jobs:selftest_job")
+    picked, status, *_ = _train(client, "/train_fit", "frank", [])
+    job_id = int(picked["value"])
+    assert f"#{job_id} frank" in status
+    status = _wait_job_state(client, job_id, {"failed", "done"})
+    assert "**failed**" in status and "unknown selftest parameter" in status
+    params = app.JobStore(root / "data" / app.JOBS_DB_NAME).get_job(job_id).params
+    assert params["stage"] == "fit" and params["epochs"] == 2 and params["slice"]["mode"] == "auto"
+    assert params["work_dir"] == str(root / "data" / "experiments" / "frank")
+
+
+def test_selftest_job_progress_and_cancel(studio: tuple[Client, Path]) -> None:
+    client, _ = studio
+    job_id, status = client.predict(3, api_name="/jobs_selftest")
+    job_id = int(job_id)
+    status = _wait_job_state(client, job_id, {"done", "failed"})
+    assert "**done**" in status and "100.0%" in status
+    _, plot, log_text, _ = client.predict(job_id, api_name="/job_status")
+    losses = [row for row in plot["data"] if row[2] == "loss"]
+    assert [row[0] for row in losses] == [0, 1, 2] and losses[-1][1] == pytest.approx(1 / 3)
+    assert "selftest finished" in log_text
+
+    job_id, _ = client.predict(300, api_name="/jobs_selftest")
+    job_id = int(job_id)
+    _wait_job_state(client, job_id, {"running"})
+    with pytest.raises(AppError, match="already has job"):
+        client.predict(3, api_name="/jobs_selftest")
+    client.predict(job_id, api_name="/cancel_job")
+    status = _wait_job_state(client, job_id, {"cancelled"})
+    assert "Resume" in status
