@@ -51,6 +51,11 @@ def load_checkpoint(path: str | Path) -> Any:
         raise ModelLoadError(f"{path}: no such file")
     if path.stat().st_size == 0:
         raise ModelLoadError(f"{path}: the file is empty (0 bytes); download or export it again")
+    if not _looks_like_torch_file(path):
+        raise ModelLoadError(
+            f"{path.name}: not a readable PyTorch checkpoint (neither a torch zip archive nor a pickle); "
+            "check that you picked the .pth model file"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -180,6 +185,14 @@ def load_checkpoint_stubbed(path: str | Path) -> Any:
     if unpickler.stubbed:
         log.debug("%s: stubbed classes %s", path.name, sorted(unpickler.stubbed))
     return obj
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """A torch zip archive, or a legacy torch file (it starts with a pickle protocol opcode)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as handle:
+        return handle.read(1) == b"\x80"
 
 
 def _first_line(exc: BaseException) -> str:

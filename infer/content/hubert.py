@@ -717,7 +717,7 @@ def _load_hubert_base(
             return load_hubert(candidate, output=output, device=device, dtype=dtype, name="hubert_base")
     raise AssetError(
         f"hubert_base.pt not found in {source} (looked for {', '.join(HUBERT_BASE_FILENAMES)}); "
-        "download the pretrained files first or pass the checkpoint's path"
+        "download it with `python -m infer assets download hubert_base.pt`, or pass the checkpoint's path"
     )
 
 
