@@ -36,6 +36,16 @@ def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-sample-rate", type=int, default=0, help="0 keeps the model's rate")
     p.add_argument("--speaker-id", type=int, default=0)
     p.add_argument("--seed", type=int, default=None, help="fix the synthesis noise")
+    p.add_argument(
+        "--sampler",
+        choices=("off", "ddpm", "ddim", "lcm"),
+        default="off",
+        help="diffusion refinement of the decoder latent (off = RVC's path)",
+    )
+    p.add_argument("--steps", type=int, default=4, help="diffusion steps (LCM: 1-4)")
+    p.add_argument("--guidance", type=float, default=0.0, help="guidance weight w")
+    p.add_argument("--refine-start", choices=("shallow", "noise"), default="shallow")
+    p.add_argument("--refine-strength", type=float, default=0.5, help="noise level of the shallow start")
     p.add_argument("--content-encoder", default=None, help="name or path of the HuBERT/ContentVec weights")
     p.add_argument("--rmvpe", type=Path, default=None, help="path of rmvpe.pt")
     p.add_argument("--pretrained-dir", type=Path, default=None, help="folder of base files")
@@ -88,6 +98,11 @@ def _run_convert(args: argparse.Namespace) -> int:
         output_sample_rate=args.output_sample_rate,
         speaker_id=args.speaker_id,
         seed=args.seed,
+        sampler=args.sampler,
+        diffusion_steps=args.steps,
+        guidance_weight=args.guidance,
+        refine_start=args.refine_start,
+        refine_strength=args.refine_strength,
     )
     resources = Resources(
         pretrained_dir=args.pretrained_dir or default_pretrained_dir(),

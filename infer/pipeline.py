@@ -27,6 +27,14 @@ from infer import dsp
 from infer.assets import default_pretrained_dir
 from infer.audio import check_convertible, resample
 from infer.content import ContentEncoder, load_content_encoder
+from infer.diffusion.denoiser import Denoiser
+from infer.diffusion.head import (
+    DiffusionHead,
+    DiffusionHeadError,
+    head_kind_for_sampler,
+    load_head_for_sampler,
+)
+from infer.diffusion.refine import RefineParams, refine
 from infer.errors import ModelLoadError, TimbreError
 from infer.models import VoiceModel, build_synthesizer, load_voice_model
 from infer.pitch import PitchExtractor, default_method, get_pitch_extractor
@@ -42,6 +50,8 @@ WINDOW_SAMPLES = 160  # F0 hop at 16 kHz: 100 frames per second
 INPUT_PEAK_LIMIT = 0.95  # RVC scales inputs whose peak exceeds this
 OUTPUT_PEAK_LIMIT = 0.99
 F0_METHODS = ("pm", "harvest", "crepe", "crepe-tiny", "fcpe", "rmvpe")
+SAMPLERS = ("off", "ddpm", "ddim", "lcm")
+LCM_MAX_STEPS = 4
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,14 @@ class ConvertParams:
         noise_scale: scale of the prior sample (RVC: 0.66666).
         seed: seed for the prior and NSF noise; None draws fresh noise.
         padding: chunking constants; None picks RVC's CPU or GPU-fp16 values.
+        sampler: ``'off'`` (the VITS prior + flow, RVC's path) or a diffusion sampler over the
+            decoder latent: ``'ddpm'``, ``'ddim'`` (need the model's teacher head) or ``'lcm'``
+            (needs its distilled head).
+        diffusion_steps: sampler steps (LCM: 1 to 4).
+        guidance_weight: classifier-free guidance weight w >= 0 (0 = conditional prediction).
+        refine_start: ``'shallow'`` starts from the VITS latent noised to ``refine_strength``;
+            ``'noise'`` starts from pure noise (LCM-SVC).
+        refine_strength: for the shallow start, the fraction of the diffusion time, in (0, 1].
     """
 
     pitch_shift_semitones: float = 0.0
@@ -98,6 +116,11 @@ class ConvertParams:
     noise_scale: float = 0.66666
     seed: int | None = None
     padding: PaddingConfig | None = None
+    sampler: str = "off"
+    diffusion_steps: int = 4
+    guidance_weight: float = 0.0
+    refine_start: str = "shallow"
+    refine_strength: float = 0.5
 
     def __post_init__(self) -> None:
         checks = [
@@ -116,6 +139,14 @@ class ConvertParams:
             ),
             (self.speaker_id >= 0, "speaker_id must be >= 0"),
             (0.0 <= self.noise_scale <= 2.0, "noise_scale must be in [0, 2]"),
+            (self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}"),
+            (
+                1 <= self.diffusion_steps <= (LCM_MAX_STEPS if self.sampler == "lcm" else 1000),
+                "diffusion_steps must be 1 to 4 for lcm and 1 to 1000 for ddpm/ddim",
+            ),
+            (0.0 <= self.guidance_weight <= 20.0, "guidance_weight must be in [0, 20]"),
+            (self.refine_start in ("shallow", "noise"), "refine_start must be 'shallow' or 'noise'"),
+            (0.0 < self.refine_strength <= 1.0, "refine_strength must be in (0, 1]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -143,6 +174,26 @@ class Voice:
     index: RetrievalIndex | None
     device: torch.device
     dtype: torch.dtype
+    model_dir: Path | None = None
+    _denoisers: dict[str, tuple[DiffusionHead, Denoiser]] = field(default_factory=dict, repr=False)
+
+    def diffusion(self, sampler: str) -> tuple[DiffusionHead, Denoiser]:
+        """The diffusion head (and its network on this device) that ``sampler`` needs, loaded once."""
+        kind = head_kind_for_sampler(sampler)
+        if kind not in self._denoisers:
+            if self.model_dir is None:
+                raise DiffusionHeadError(
+                    "this voice model was not loaded from a file; it has no diffusion head"
+                )
+            head = load_head_for_sampler(self.model_dir, sampler)
+            config = self.model.config
+            head.check_compatible(
+                latent_channels=config.inter_channels,
+                content_dim=config.content_dim,
+                gin_channels=config.gin_channels,
+            )
+            self._denoisers[kind] = (head, head.build_denoiser(self.device))
+        return self._denoisers[kind]
 
     @property
     def sample_rate(self) -> int:
@@ -214,7 +265,14 @@ def load_voice(
     if index_path is not None:
         index = load_index(index_path)
         check_dim(index, model.config.content_dim)
-    voice = Voice(model=model, synthesizer=synthesizer, index=index, device=torch_device, dtype=dtype)
+    voice = Voice(
+        model=model,
+        synthesizer=synthesizer,
+        index=index,
+        device=torch_device,
+        dtype=dtype,
+        model_dir=model_path.resolve().parent,
+    )
     with _CACHE_LOCK:
         _VOICE_CACHE[key] = voice
         while len(_VOICE_CACHE) > _VOICE_CACHE_SIZE:
@@ -322,6 +380,8 @@ def convert(
     report(progress, 0.0, "loading models")
     encoder = _content_encoder_for(voice, resources)
     extractor = _pitch_extractor_for(params, resources) if config.use_f0 else None
+    if params.sampler != "off":
+        voice.diffusion(params.sampler)
     t0 = timer.add("load", started)
 
     audio = dsp.highpass_filtfilt(audio, SAMPLE_RATE_16K)
@@ -368,7 +428,9 @@ def convert(
         frame_end = None if t is None else (t + 2 * t_pad) // WINDOW_SAMPLES
         chunk_pitch = None if pitch is None else pitch[:, s // WINDOW_SAMPLES : frame_end]
         chunk_pitchf = None if pitchf is None else pitchf[:, s // WINDOW_SAMPLES : frame_end]
-        out = _convert_chunk(chunk, chunk_pitch, chunk_pitchf, g, voice, encoder, params, timer, generator)
+        out = _convert_chunk(
+            chunk, chunk_pitch, chunk_pitchf, g, voice, encoder, params, timer, generator, chunk_index=i
+        )
         pieces.append(out[t_pad_tgt:-t_pad_tgt])
         del out
     report(chunk_progress, 1.0, "synthesis done")
@@ -413,6 +475,8 @@ def _convert_chunk(
     params: ConvertParams,
     timer: _Timer,
     generator: torch.Generator | None,
+    *,
+    chunk_index: int = 0,
 ) -> np.ndarray:
     """RVC's ``Pipeline.vc`` for one padded chunk; returns (n,) float32 at the model rate."""
     synth = voice.synthesizer
@@ -448,6 +512,30 @@ def _convert_chunk(
     z_p = (m_p + torch.exp(logs_p) * noise * params.noise_scale) * x_mask
     z = synth.flow_reverse(z_p, x_mask, g)
     t0 = timer.add("flow", t0)
+    if params.sampler != "off":
+        head, denoiser = voice.diffusion(params.sampler)
+        f0_cond = (
+            pitchf.float() if pitchf is not None else torch.zeros(x_mask.shape[0], p_len, device=z.device)
+        )
+        refine_params = RefineParams(
+            sampler=params.sampler,
+            steps=params.diffusion_steps,
+            guidance_weight=params.guidance_weight,
+            start=params.refine_start,
+            strength=params.refine_strength,
+            seed=None if params.seed is None else params.seed + chunk_index,
+        )
+        z = refine(
+            head,
+            phone.float(),
+            f0_cond,
+            g.float(),
+            x_mask.float(),
+            params=refine_params,
+            z_init=z.float(),
+            denoiser=denoiser,
+        ).to(z.dtype)
+        t0 = timer.add("diffusion", t0)
     sine_noise = None
     if pitchf is not None:
         sine_noise = torch.randn(

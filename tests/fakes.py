@@ -122,6 +122,7 @@ def write_voice_model(
 ) -> Path:
     """An RVC inference ``.pth`` (plus Timbre metadata) with random weights."""
     torch.manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
     synth = Synthesizer(config)
     version = "v2" if config.content_dim == 768 else "v1"
     metadata = ModelMetadata(
@@ -139,7 +140,35 @@ __all__ = [
     "BASE_CONV_LAYERS",
     "hubert_config",
     "tiny_synth_config",
+    "write_diffusion_heads",
     "write_hubert_checkpoint",
     "write_rmvpe_checkpoint",
     "write_voice_model",
 ]
+
+
+def write_diffusion_heads(model_dir: Path, config: SynthConfig, *, seed: int = 0) -> None:
+    """Random-weight teacher and LCM heads that fit ``config`` (for wiring tests, not quality)."""
+    from infer.diffusion.denoiser import Denoiser, DenoiserConfig
+    from infer.diffusion.head import DiffusionHead
+    from infer.diffusion.schedulers import ConsistencyConfig, NoiseScheduleConfig
+
+    torch.manual_seed(seed)
+    for kind in ("teacher", "lcm"):
+        denoiser_config = DenoiserConfig(
+            latent_channels=config.inter_channels,
+            content_dim=config.content_dim,
+            gin_channels=config.gin_channels,
+            residual_channels=16,
+            n_layers=2,
+            use_w_embedding=kind == "lcm",
+        )
+        head = DiffusionHead(
+            kind=kind,
+            denoiser_config=denoiser_config,
+            schedule_config=NoiseScheduleConfig(),
+            state_dict=Denoiser(denoiser_config).state_dict(),
+            latent_scale=1.0,
+            consistency=ConsistencyConfig() if kind == "lcm" else None,
+        )
+        head.save(model_dir / head.filename)

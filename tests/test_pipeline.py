@@ -13,11 +13,13 @@ import soundfile as sf
 import torch
 
 from infer.audio import load_audio
+from infer.diffusion.head import DiffusionHeadError
 from infer.errors import Cancelled, ModelLoadError, TimbreError
 from infer.pipeline import ConvertParams, PaddingConfig, Resources, convert, load_voice, split_points
 from tests.fakes import (
     hubert_config,
     tiny_synth_config,
+    write_diffusion_heads,
     write_hubert_checkpoint,
     write_rmvpe_checkpoint,
     write_voice_model,
@@ -166,6 +168,38 @@ def test_bad_inputs_and_settings_give_clear_errors(kit: dict[str, Path]) -> None
         ConvertParams.from_dict({"pitch": 3})
     with pytest.raises(ModelLoadError, match="not found"):
         load_voice(kit["pretrained"] / "missing.pth")
+
+
+def test_every_sampler_converts_and_a_model_without_heads_says_so(
+    kit: dict[str, Path], speech: np.ndarray, tmp_path: Path
+) -> None:
+    config = tiny_synth_config("v2", 40000, use_f0=True)
+    model_dir = tmp_path / "voice"
+    model_path = write_voice_model(model_dir / "voice.pth", config)
+    res = Resources(pretrained_dir=kit["pretrained"])
+    bare = load_voice(model_path)
+    with pytest.raises(DiffusionHeadError, match="python -m train diffusion"):
+        convert(speech, bare, ConvertParams(f0_method="pm", sampler="ddim"), resources=res)
+    write_diffusion_heads(model_dir, config)
+    voice = load_voice(model_path)
+    off = convert(speech, voice, ConvertParams(f0_method="pm", seed=0), resources=res)
+    for sampler, steps in (("ddpm", 3), ("ddim", 2), ("lcm", 2)):
+        for start in ("shallow", "noise"):
+            params = ConvertParams(
+                f0_method="pm",
+                seed=0,
+                sampler=sampler,
+                diffusion_steps=steps,
+                guidance_weight=1.0,
+                refine_start=start,
+            )
+            result = convert(speech, voice, params, resources=res)
+            assert result.audio.shape == off.audio.shape
+            assert np.all(np.isfinite(result.audio))
+            assert not np.array_equal(result.audio, off.audio)
+            assert result.timings_s["diffusion"] > 0
+    with pytest.raises(ValueError, match="diffusion_steps"):
+        ConvertParams(sampler="lcm", diffusion_steps=5)
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
