@@ -42,6 +42,7 @@ from infer.catalog import (
     find_model,
     list_models,
     rename_model,
+    resolve_data_dir,
     resolve_models_dir,
     validate_model_name,
 )
@@ -55,8 +56,6 @@ APP_DIR = Path(__file__).resolve().parent
 CSS_PATH = APP_DIR / "assets" / "studio.css"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-DATA_DIR_ENV_VAR = "TIMBRE_DATA_DIR"
-DEFAULT_DATA_DIR_NAME = "data"
 JOBS_DB_NAME = "jobs.sqlite3"
 MAX_UPLOAD_SIZE = "4gb"
 CONVERT_CONCURRENCY = 1  # conversions run one at a time; the rest wait in Gradio's queue
@@ -1453,16 +1452,6 @@ def warn_if_exposed(host: str, auth: Sequence[tuple[str, str]] | None) -> bool:
         host,
     )
     return True
-
-
-def resolve_data_dir(cli_value: str | Path | None) -> Path:
-    """``cli_value``, else ``$TIMBRE_DATA_DIR``, else ``./data``."""
-    if cli_value is not None and str(cli_value).strip():
-        return Path(cli_value).expanduser().absolute()
-    override = os.environ.get(DATA_DIR_ENV_VAR, "").strip()
-    if override:
-        return Path(override).expanduser().absolute()
-    return Path.cwd() / DEFAULT_DATA_DIR_NAME
 
 
 def launch(

@@ -33,6 +33,8 @@ from infer.errors import ModelLoadError, TimbreError, UnsafeFileError
 log = logging.getLogger(__name__)
 
 MODELS_DIR_ENV_VAR = "TIMBRE_MODELS_DIR"
+DATA_DIR_ENV_VAR = "TIMBRE_DATA_DIR"
+DEFAULT_DATA_DIR_NAME = "data"
 DEFAULT_MODELS_DIR_NAME = "models"
 METADATA_FILE_NAME = "timbre.json"
 MODEL_SUFFIX = ".pth"
@@ -84,14 +86,23 @@ class ModelEntry:
     is_loose: bool = False
 
 
-def resolve_models_dir(cli_value: str | os.PathLike[str] | None) -> Path:
-    """The models folder: ``cli_value``, else ``$TIMBRE_MODELS_DIR``, else ``./models``."""
+def _resolve_dir(cli_value: str | os.PathLike[str] | None, env_var: str, default_name: str) -> Path:
     if cli_value is not None and str(cli_value).strip():
         return Path(cli_value).expanduser().absolute()
-    override = os.environ.get(MODELS_DIR_ENV_VAR, "").strip()
+    override = os.environ.get(env_var, "").strip()
     if override:
         return Path(override).expanduser().absolute()
-    return Path.cwd() / DEFAULT_MODELS_DIR_NAME
+    return Path.cwd() / default_name
+
+
+def resolve_models_dir(cli_value: str | os.PathLike[str] | None) -> Path:
+    """The models folder: ``cli_value``, else ``$TIMBRE_MODELS_DIR``, else ``./models``."""
+    return _resolve_dir(cli_value, MODELS_DIR_ENV_VAR, DEFAULT_MODELS_DIR_NAME)
+
+
+def resolve_data_dir(cli_value: str | os.PathLike[str] | None) -> Path:
+    """The data folder (jobs, experiments): ``cli_value``, else ``$TIMBRE_DATA_DIR``, else ``./data``."""
+    return _resolve_dir(cli_value, DATA_DIR_ENV_VAR, DEFAULT_DATA_DIR_NAME)
 
 
 def validate_model_name(name: str) -> str:

@@ -22,6 +22,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the mode open() would
     try:
         yield tmp
         with open(tmp, "rb+") as handle:
@@ -51,6 +52,12 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write UTF-8 text to ``path`` atomically."""
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -31,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from infer.errors import ModelLoadError, UnsafeFileError
+from infer.fsutil import atomic_torch_save
 from infer.nn.configs import ConfigError
 from infer.nn.weight_norm import norm_except_dim0
 from infer.safeload import load_checkpoint, load_checkpoint_stubbed
@@ -54,7 +53,6 @@ _VERSIONS = {"v1": 256, "v2": 768}
 _PRESET_SAMPLE_RATES_HZ = (32000, 40000, 48000)
 _SAMPLE_RATE_NAMES = {"32k": 32000, "40k": 40000, "48k": 48000}
 _MAX_LISTED_KEYS = 5
-_FILE_MODE = 0o644
 # Applio's name for the embedder that RVC ships as hubert_base.pt.
 _CONTENT_ENCODER_ALIASES = {"contentvec": DEFAULT_CONTENT_ENCODER, "hubert_base": DEFAULT_CONTENT_ENCODER}
 _SUPPORTED_VOCODERS = ("HiFi-GAN",)
@@ -639,7 +637,7 @@ def save_voice_model(
         "steps": metadata.steps,
         "extra": dict(metadata.extra),
     }
-    _atomic_torch_save(checkpoint, path)
+    atomic_torch_save(checkpoint, path)
     log.info("saved voice model %s (%d tensors)", path, len(weight))
     return path
 
@@ -680,32 +678,3 @@ def _inference_weights(state: Mapping[str, Tensor], config: SynthConfig) -> dict
     return weight
 
 
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """torch.save to a temp file beside ``path``, flush + fsync, then os.replace over ``path``."""
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(directory: Path) -> None:
-    """Make the rename durable where the platform allows opening directories."""
-    try:
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        log.debug("could not fsync directory %s", directory)
-    finally:
-        os.close(dir_fd)

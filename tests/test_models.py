@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 from collections import OrderedDict
 from dataclasses import replace
 from pathlib import Path
@@ -236,7 +237,7 @@ def test_atomic_save_keeps_old_file_when_replace_fails(
     def disk_full(src: str, dst: str) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(models.os, "replace", disk_full)
+    monkeypatch.setattr(os, "replace", disk_full)
     with pytest.raises(OSError) as info:
         save_voice_model(path, Synthesizer(config, use_posterior_encoder=False), config, metadata_for(config))
     assert info.value.errno == errno.ENOSPC

@@ -1,0 +1,157 @@
+"""The whole training chain through ``python -m train`` on one voice, then conversion of another.
+
+Tiny networks and a few steps: this checks that every stage connects (prepare, extract, fit,
+index, diffusion teacher, distillation, export, zip import, conversion with every sampler),
+not voice quality.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from infer.audio import load_audio
+from infer.catalog import list_models
+from infer.models import load_voice_model
+from infer.pipeline import ConvertParams, Resources, convert, load_voice
+from tests.fakes import hubert_config, write_hubert_checkpoint
+from tests.helpers import REPO_DIR, VOICES_DIR
+
+
+def _run(module: str, *args: str) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_DIR,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("e2e")
+    pretrained = root / "pretrained"
+    write_hubert_checkpoint(pretrained / "hubert_base.pt", hubert_config("v2"))
+    dataset = root / "dataset"
+    dataset.mkdir()
+    for i in range(1, 7):
+        (dataset / f"{i:03d}.flac").symlink_to(VOICES_DIR / "us1" / "speech" / f"{i:03d}.flac")
+    work = root / "work"
+    models = root / "models"
+    _run(
+        "train",
+        "run",
+        "--name",
+        "us1tiny",
+        "--dataset",
+        str(dataset),
+        "--work-dir",
+        str(work),
+        "--models-dir",
+        str(models),
+        "--pretrained-dir",
+        str(pretrained),
+        "--size",
+        "tiny",
+        "--sample-rate",
+        "40000",
+        "--f0-method",
+        "pm",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--max-steps",
+        "8",
+        "--from-scratch",
+        "--diffusion",
+        "--distill",
+        "--diffusion-max-steps",
+        "8",
+        "--distill-max-steps",
+        "4",
+        "--workers",
+        "1",
+    )
+    return {"root": root, "pretrained": pretrained, "work": work, "models": models}
+
+
+def test_training_writes_every_stage_output(trained: dict[str, Path]) -> None:
+    work = trained["work"]
+    assert len(list((work / "0_gt_wavs").glob("*.wav"))) >= 6
+    assert len(list((work / "3_feature768").glob("*.npy"))) == len(list((work / "1_16k_wavs").glob("*.wav")))
+    assert list(work.glob("added_IVF*_Flat_nprobe_1_us1tiny_v2.index"))
+    assert (work / "vits").is_dir() and list((work / "vits").glob("ckpt_*.pt"))
+    settings = json.loads((work / "settings.json").read_text())
+    assert settings["size"] == "tiny" and settings["use_diffusion"] is True
+    model_dir = trained["models"] / "us1tiny"
+    names = sorted(p.name for p in model_dir.iterdir())
+    assert names[1:] == ["diffusion_lcm.pt", "diffusion_teacher.pt", "timbre.json", "us1tiny.pth"]
+    assert names[0].startswith("added_IVF") and names[0].endswith("_Flat_nprobe_1_us1tiny_v2.index")
+    meta = json.loads((model_dir / "timbre.json").read_text())
+    assert meta["sample_rate"] == 40000 and meta["version"] == "v2" and meta["f0_method"] == "pm"
+    assert meta["dataset_duration_s"] > 15
+    model = load_voice_model(model_dir / "us1tiny.pth")
+    assert model.metadata.steps == 8
+
+
+def test_zip_imports_into_a_fresh_folder_and_converts_another_voice_with_every_sampler(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    archive = trained["work"] / "us1tiny.zip"
+    with zipfile.ZipFile(archive) as zf:
+        members = sorted(zf.namelist())
+    assert "us1tiny.pth" in members and "timbre.json" in members and all("/" not in m for m in members)
+    fresh = tmp_path / "fresh_models"
+    _run("train", "import", str(archive), "--models-dir", str(fresh))
+    entries = list_models(fresh)
+    assert [e.name for e in entries] == ["us1tiny"]
+    entry = entries[0]
+    assert entry.index_path is not None and entry.has_diffusion
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        source = load_audio(VOICES_DIR / "us2" / "speech" / "003.flac", 16000)
+        voice = load_voice(entry.pth_path, entry.index_path)
+        resources = Resources(pretrained_dir=trained["pretrained"])
+        outputs = {}
+        for sampler, steps in (("off", 1), ("ddpm", 4), ("ddim", 4), ("lcm", 2)):
+            params = ConvertParams(f0_method="pm", seed=0, sampler=sampler, diffusion_steps=steps)
+            result = convert(source, voice, params, resources=resources)
+            assert result.sample_rate == 40000
+            assert abs(len(result.audio) / 40000 - len(source) / 16000) < 0.05
+            assert np.all(np.isfinite(result.audio)) and np.abs(result.audio).max() > 0
+            outputs[sampler] = result.audio
+        assert not np.array_equal(outputs["off"], outputs["lcm"])
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_rerunning_a_stage_resumes_instead_of_starting_over(trained: dict[str, Path]) -> None:
+    proc = _run(
+        "train",
+        "extract",
+        "--name",
+        "us1tiny",
+        "--work-dir",
+        str(trained["work"]),
+        "--models-dir",
+        str(trained["models"]),
+        "--pretrained-dir",
+        str(trained["pretrained"]),
+    )
+    assert "0 segments extracted" in proc.stderr and "cached" in proc.stderr

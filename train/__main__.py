@@ -1,0 +1,165 @@
+"""Command line: ``python -m train run|prepare|extract|fit|index|diffusion|distill|export|import``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("train")
+
+STAGE_COMMANDS = ("prepare", "extract", "fit", "index", "diffusion", "distill", "export")
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="model / experiment name")
+    p.add_argument("--models-dir", type=Path, default=None, help="default: $TIMBRE_MODELS_DIR or ./models")
+    p.add_argument("--data-dir", type=Path, default=None, help="default: $TIMBRE_DATA_DIR or ./data")
+    p.add_argument("--work-dir", type=Path, default=None, help="default: <data-dir>/experiments/<name>")
+    p.add_argument("--pretrained-dir", type=Path, default=None)
+
+
+def _add_settings(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """Training settings; for single stages they default to the experiment's saved settings."""
+    d = (lambda value: value) if defaults else (lambda value: None)
+    p.add_argument("--dataset", nargs="+", default=None, help="audio files, folders or zips")
+    p.add_argument("--sample-rate", type=int, choices=(16000, 32000, 40000, 48000), default=d(40000))
+    p.add_argument("--version", choices=("v1", "v2"), default=d("v2"))
+    p.add_argument("--no-f0", dest="use_f0", action="store_false", default=None, help="train without pitch")
+    p.add_argument("--f0-method", default=None, help="pm, harvest, crepe, crepe-tiny, fcpe, rmvpe")
+    p.add_argument("--content-encoder", default=d("hubert_base"))
+    p.add_argument("--slicing", choices=("auto", "fixed", "off"), default=None)
+    p.add_argument("--no-normalize", dest="use_normalization", action="store_false", default=None)
+    p.add_argument("--epochs", type=int, default=d(20))
+    p.add_argument("--batch-size", type=int, default=d(4))
+    p.add_argument("--save-every", dest="save_every_epochs", type=int, default=d(5))
+    p.add_argument("--max-steps", type=int, default=d(0), help="stop after this many steps (0 = no limit)")
+    p.add_argument("--from-scratch", dest="use_pretrained", action="store_false", default=None)
+    p.add_argument("--size", choices=("full", "tiny"), default=d("full"))
+    p.add_argument("--diffusion", dest="use_diffusion", action="store_true", default=None)
+    p.add_argument("--distill", dest="use_distillation", action="store_true", default=None)
+    p.add_argument("--diffusion-epochs", type=int, default=d(20))
+    p.add_argument("--diffusion-max-steps", type=int, default=d(0))
+    p.add_argument("--distill-epochs", type=int, default=d(10))
+    p.add_argument("--distill-max-steps", type=int, default=d(0))
+    p.add_argument("--device", default=d("auto"))
+    p.add_argument("--workers", type=int, default=d(2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m train`` argument parser."""
+    parser = argparse.ArgumentParser(prog="python -m train", description="Timbre: train voice models")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run", help="the whole chain: prepare, extract, fit, index, [diffusion, distill], export"
+    )
+    _add_common(run)
+    _add_settings(run, defaults=True)
+    for stage in STAGE_COMMANDS:
+        p = sub.add_parser(stage, help=f"only the {stage} stage (resumable)")
+        _add_common(p)
+        _add_settings(p, defaults=False)
+    imp = sub.add_parser("import", help="import a model zip (or a .pth) into the models folder")
+    imp.add_argument("source", type=Path, help="a model zip or a .pth")
+    imp.add_argument("--index", type=Path, default=None, help="with a .pth: its .index file")
+    imp.add_argument("--name", default=None)
+    imp.add_argument("--models-dir", type=Path, default=None)
+    imp.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+_SLICE_KEYS = {"slicing": "mode", "use_normalization": "use_normalization"}
+
+
+def _settings(args: argparse.Namespace, *, fresh: bool) -> Any:
+    from infer.catalog import resolve_data_dir, resolve_models_dir
+    from train.pipeline import TrainSettings
+
+    models_dir = resolve_models_dir(args.models_dir)
+    work_dir = args.work_dir or resolve_data_dir(args.data_dir) / "experiments" / args.name
+    given = {
+        key: value
+        for key, value in vars(args).items()
+        if value is not None
+        and key not in {"command", "verbose", "name", "models_dir", "data_dir", "work_dir", *_SLICE_KEYS}
+    }
+    if "dataset" in given:
+        given["dataset"] = tuple(str(Path(p).resolve()) for p in given["dataset"])
+    slice_overrides = {_SLICE_KEYS[k]: getattr(args, k) for k in _SLICE_KEYS if getattr(args, k) is not None}
+    if fresh or not (work_dir / "settings.json").is_file():
+        base: dict[str, Any] = {"name": args.name, "work_dir": work_dir, "models_dir": models_dir}
+    else:
+        base = TrainSettings.load(work_dir).to_dict()
+        base.update({"work_dir": work_dir, "models_dir": models_dir})
+    base.update(given)
+    if slice_overrides:
+        base["slice"] = {**dict(base.get("slice") or {}), **slice_overrides}
+    return TrainSettings.from_dict(base)
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from infer.catalog import resolve_models_dir
+    from train.export import import_model_files, import_model_zip
+
+    models_dir = resolve_models_dir(args.models_dir)
+    if args.source.suffix.lower() == ".zip":
+        name = import_model_zip(args.source, models_dir, name=args.name, overwrite=args.overwrite)
+    else:
+        name = import_model_files(
+            args.source, args.index, models_dir, name=args.name, overwrite=args.overwrite
+        )
+    log.info("imported %s into %s", name, models_dir / name)
+    return 0
+
+
+def _run_training(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from train.pipeline import run_stages, stages_for_run
+
+    settings = _settings(args, fresh=args.command == "run")
+    stages = stages_for_run(settings) if args.command == "run" else [args.command]
+    with tqdm(total=1000, unit="‰", file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}") as bar:
+
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(fraction * 1000)
+            bar.set_postfix_str(message[:90], refresh=True)
+
+        def metrics(step: int, row: dict[str, float]) -> None:
+            if step % 50 == 0:
+                log.info("step %d: %s", step, json.dumps({k: round(v, 4) for k, v in row.items()}))
+
+        results = run_stages(settings, stages, progress=progress, on_metrics=metrics)
+    for result in results:
+        log.info("%s: %s", result.stage, result.summary)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    from infer.errors import TimbreError
+
+    try:
+        if args.command == "import":
+            return _run_import(args)
+        return _run_training(args)
+    except (TimbreError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

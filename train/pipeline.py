@@ -1,0 +1,626 @@
+"""The training chain as stages: prepare -> extract -> fit -> index -> [diffusion -> distill] -> export.
+
+Every stage reads and writes one experiment folder (``work_dir``) and is resumable on its own:
+running a stage again skips what is already done (prepare and extract by source keys, fit and
+the diffusion stages from their checkpoints). The studio's job worker and ``python -m train``
+both call :func:`run_stage`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from infer.errors import TimbreError
+from infer.fsutil import atomic_write_text
+from infer.progress import ProgressFn, StopFn, check_stop, report, sub_progress
+from train.slicing import SliceConfig
+
+log = logging.getLogger(__name__)
+
+STAGES = ("prepare", "extract", "fit", "index", "diffusion", "distill", "export")
+TEACHER_HEAD = "diffusion_teacher.pt"
+LCM_HEAD = "diffusion_lcm.pt"
+MetricsCallback = Callable[[int, dict[str, float]], None]
+LogCallback = Callable[[str], None]
+
+
+class StageError(TimbreError):
+    """A stage cannot run: an earlier stage's output is missing, or the settings conflict."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a training run needs; stored as ``settings.json`` in the experiment folder.
+
+    Attributes:
+        name: the model's name (also the folder under ``models_dir``).
+        work_dir: the experiment folder.
+        models_dir: where the finished model is installed.
+        pretrained_dir: RVC base files and content/pitch weights; None = the default folder.
+        dataset: audio files, folders or zips.
+        sample_rate: 32000, 40000 or 48000 (16000 allowed for ``size='tiny'``).
+        version: ``'v1'`` (256-d content) or ``'v2'`` (768-d).
+        use_f0: train a pitch model.
+        f0_method: F0 method for feature extraction; None = rmvpe when present, else fcpe.
+        content_encoder: content encoder name or path.
+        slice: slicing and normalisation settings.
+        epochs, batch_size, save_every_epochs, max_steps: VITS schedule (max_steps 0 = no limit).
+        use_pretrained: fine-tune from RVC's base G/D when present.
+        size: ``'full'`` (RVC's networks) or ``'tiny'`` (tests, quick trials).
+        use_diffusion: train the teacher diffusion head; use_distillation: then distil an LCM head.
+        diffusion_epochs, distill_epochs: their schedules; diffusion_max_steps, distill_max_steps: caps.
+        device: ``'auto'``, ``'cpu'``, ``'cuda'``...
+        workers: processes for slicing and F0.
+    """
+
+    name: str
+    work_dir: Path
+    models_dir: Path
+    pretrained_dir: Path | None = None
+    dataset: tuple[str, ...] = ()
+    sample_rate: int = 40000
+    version: str = "v2"
+    use_f0: bool = True
+    f0_method: str | None = None
+    content_encoder: str = "hubert_base"
+    slice: SliceConfig = field(default_factory=SliceConfig)
+    epochs: int = 20
+    batch_size: int = 4
+    save_every_epochs: int = 5
+    max_steps: int = 0
+    use_pretrained: bool = True
+    size: str = "full"
+    use_diffusion: bool = False
+    use_distillation: bool = False
+    diffusion_epochs: int = 20
+    diffusion_max_steps: int = 0
+    distill_epochs: int = 10
+    distill_max_steps: int = 0
+    device: str = "auto"
+    workers: int = 2
+
+    def __post_init__(self) -> None:
+        from infer.catalog import validate_model_name
+
+        validate_model_name(self.name)
+        if self.use_distillation and not self.use_diffusion:
+            raise StageError("distillation needs the diffusion teacher: enable diffusion too")
+        for key in (
+            "epochs",
+            "batch_size",
+            "save_every_epochs",
+            "diffusion_epochs",
+            "distill_epochs",
+            "workers",
+        ):
+            if getattr(self, key) < 1:
+                raise StageError(f"{key} must be at least 1")
+        if self.size not in ("full", "tiny"):
+            raise StageError("size must be 'full' or 'tiny'")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainSettings:
+        """Build from plain data (JSON, job params); unknown keys are an error."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise StageError(f"unknown training setting(s): {sorted(unknown)}")
+        data = dict(values)
+        for key in ("work_dir", "models_dir"):
+            data[key] = Path(data[key])
+        if data.get("pretrained_dir"):
+            data["pretrained_dir"] = Path(data["pretrained_dir"])
+        if isinstance(data.get("dataset"), (str, Path)):
+            data["dataset"] = (str(data["dataset"]),)
+        data["dataset"] = tuple(str(p) for p in data.get("dataset", ()))
+        if isinstance(data.get("slice"), Mapping):
+            data["slice"] = SliceConfig.from_dict(data["slice"])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-friendly data."""
+        data = asdict(self)
+        data["work_dir"] = str(self.work_dir)
+        data["models_dir"] = str(self.models_dir)
+        data["pretrained_dir"] = str(self.pretrained_dir) if self.pretrained_dir else None
+        data["dataset"] = list(self.dataset)
+        data["slice"] = self.slice.to_dict()
+        return data
+
+    def save(self) -> None:
+        """Write ``settings.json`` into the experiment folder."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.work_dir / "settings.json", json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, work_dir: Path) -> TrainSettings:
+        """Read ``settings.json`` from an experiment folder."""
+        path = Path(work_dir) / "settings.json"
+        if not path.is_file():
+            raise StageError(
+                f"{work_dir} is not an experiment folder (no settings.json); run `prepare` first"
+            )
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+@dataclass
+class StageResult:
+    """What a stage produced: a one-line summary and the paths/values worth showing."""
+
+    stage: str
+    summary: str
+    outputs: dict[str, Any] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+def _f0_method(settings: TrainSettings) -> str:
+    from infer.pitch import default_method
+
+    return settings.f0_method or default_method(settings.pretrained_dir)
+
+
+def stage_prepare(
+    settings: TrainSettings, *, progress: ProgressFn | None, should_stop: StopFn | None
+) -> StageResult:
+    """Collect and check the dataset, then slice it into training segments."""
+    from train.dataset import collect_dataset, prepare_dataset
+
+    if not settings.dataset:
+        raise StageError("no dataset given: upload files or a zip, or name a folder")
+    manifest = collect_dataset(
+        list(settings.dataset),
+        settings.work_dir,
+        config=settings.slice,
+        progress=sub_progress(progress, 0.0, 0.4),
+        should_stop=should_stop,
+    )
+    prepared = prepare_dataset(
+        manifest,
+        settings.work_dir,
+        sample_rate=settings.sample_rate,
+        config=settings.slice,
+        workers=settings.workers,
+        progress=sub_progress(progress, 0.4, 1.0),
+        should_stop=should_stop,
+    )
+    report_dict = manifest.report.to_dict()
+    for warning in manifest.report.warnings:
+        log.warning("dataset: %s", warning)
+    return StageResult(
+        "prepare",
+        f"{len(prepared.segment_names)} segments, {prepared.duration_s:.1f} s of audio",
+        {"report": report_dict, "segments": len(prepared.segment_names), "duration_s": prepared.duration_s},
+    )
+
+
+def stage_extract(
+    settings: TrainSettings, *, progress: ProgressFn | None, should_stop: StopFn | None
+) -> StageResult:
+    """F0 and content features for every segment (cached)."""
+    from train.features import extract_features
+
+    device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else settings.device
+    summary = extract_features(
+        settings.work_dir,
+        version=settings.version,
+        use_f0=settings.use_f0,
+        f0_method=_f0_method(settings),
+        content_encoder=settings.content_encoder,
+        pretrained_dir=settings.pretrained_dir,
+        device="cpu" if device == "auto" else device,
+        workers=settings.workers,
+        progress=progress,
+        should_stop=should_stop,
+    )
+    if summary.failed and not summary.done + summary.skipped:
+        raise StageError(f"feature extraction failed for every segment: {summary.failures[0]}")
+    return StageResult(
+        "extract",
+        f"{summary.done} segments extracted, {summary.skipped} cached, {summary.failed} failed",
+        {"done": summary.done, "skipped": summary.skipped, "failed": summary.failed},
+    )
+
+
+def vits_config(settings: TrainSettings) -> Any:
+    """The VITS trainer's settings for this run."""
+    from train.vits import VitsTrainConfig
+
+    return VitsTrainConfig(
+        sample_rate=settings.sample_rate,
+        version=settings.version,
+        use_f0=settings.use_f0,
+        size=settings.size,
+        batch_size=settings.batch_size,
+        epochs=settings.epochs,
+        save_every_epochs=min(settings.save_every_epochs, settings.epochs),
+        max_steps=settings.max_steps,
+        use_pretrained=settings.use_pretrained,
+        device=settings.device,
+    )
+
+
+def stage_fit(
+    settings: TrainSettings,
+    *,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    on_metrics: MetricsCallback | None = None,
+) -> StageResult:
+    """Train (or resume) the VITS synthesizer; exports land in ``work_dir/weights``."""
+    from train.vits import fit_vits
+
+    pth = fit_vits(
+        settings.work_dir,
+        None,
+        settings.name,
+        vits_config(settings),
+        pretrained_dir=settings.pretrained_dir,
+        content_encoder=settings.content_encoder,
+        f0_method=_f0_method(settings) if settings.use_f0 else None,
+        progress=progress,
+        should_stop=should_stop,
+        on_metrics=on_metrics,
+    )
+    return StageResult("fit", f"trained model {pth.name}", {"pth": str(pth)})
+
+
+def index_path(settings: TrainSettings) -> Path | None:
+    """The experiment's ``added_*.index``, if built."""
+    found = sorted(
+        settings.work_dir.glob(f"added_IVF*_Flat_nprobe_1_{settings.name}_{settings.version}.index")
+    )
+    return found[-1] if found else None
+
+
+def stage_index(
+    settings: TrainSettings, *, progress: ProgressFn | None, should_stop: StopFn | None
+) -> StageResult:
+    """RVC's IVF-Flat index over every content feature of the training set."""
+    from train.features import load_training_features
+    from train.index import build_index, index_file_name, index_ivf_count, write_index
+
+    features = load_training_features(settings.work_dir, settings.version)
+    index = build_index(features, progress=progress, should_stop=should_stop)
+    n_ivf = index_ivf_count(index)
+    for old in settings.work_dir.glob(f"added_IVF*_Flat_nprobe_1_{settings.name}_{settings.version}.index"):
+        old.unlink()
+    path = settings.work_dir / index_file_name(n_ivf, settings.name, settings.version)
+    write_index(index, path)
+    return StageResult("index", f"{path.name}: {len(features)} vectors", {"index": str(path)})
+
+
+def _trained_synthesizer(settings: TrainSettings) -> Any:
+    """The full generator (with its posterior encoder) from the newest VITS checkpoint."""
+    from infer.safeload import load_checkpoint
+    from infer.synthesizer import Synthesizer
+    from train.vits import DEFAULT_RUN_DIRNAME, export_synth_config
+
+    run_dir = settings.work_dir / DEFAULT_RUN_DIRNAME
+    checkpoints = sorted(run_dir.glob("ckpt_*.pt"))
+    if not checkpoints:
+        raise StageError("the diffusion stage needs a trained VITS model: run `fit` first")
+    state = load_checkpoint(checkpoints[-1])["modules"]["generator"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    synth = Synthesizer(export_synth_config(vits_config(settings)))
+    synth.load_state_dict(state, strict=True)
+    return synth.eval()
+
+
+def latent_dataset(
+    settings: TrainSettings, *, progress: ProgressFn | None, should_stop: StopFn | None
+) -> Any:
+    """Posterior latents z0 of every training segment, with content, F0 and speaker conditions."""
+    from infer.audio import load_audio
+    from train.diffusion import UtteranceFeatures, build_latent_dataset, synthesizer_encoder
+    from train.features import list_training_examples
+    from train.mel import SpectrogramConfig, linear_spectrogram
+
+    cache = settings.work_dir / "latents.pt"
+    synth = _trained_synthesizer(settings)
+    examples = list_training_examples(settings.work_dir, settings.version, use_f0=settings.use_f0)
+    spec_config = SpectrogramConfig.for_sample_rate(settings.sample_rate)
+
+    def utterances() -> Any:
+        for example in examples:
+            wav = torch.from_numpy(load_audio(example.gt_wav_path, settings.sample_rate))
+            with torch.no_grad():
+                spec = linear_spectrogram(wav.unsqueeze(0), spec_config)[0]
+            content = np.repeat(np.load(example.feature_path), 2, axis=0)
+            frames = spec.shape[-1]
+            f0 = (
+                np.load(example.f0_hz_path)
+                if example.f0_hz_path is not None
+                else np.zeros(frames, np.float32)
+            )
+            yield UtteranceFeatures(
+                name=example.name,
+                spec=spec,
+                content=torch.from_numpy(content.astype(np.float32)),
+                f0_hz=torch.from_numpy(f0.astype(np.float32)),
+            )
+
+    encode_fn, speaker = synthesizer_encoder(synth)
+    dataset = build_latent_dataset(
+        utterances(), encode_fn, speaker, total=len(examples), progress=progress, should_stop=should_stop
+    )
+    dataset.save(cache)
+    return dataset, synth.config
+
+
+def _denoiser_config(settings: TrainSettings, synth_config: Any, *, use_w: bool) -> Any:
+    from infer.diffusion.denoiser import DenoiserConfig
+
+    small = settings.size == "tiny"
+    return DenoiserConfig(
+        latent_channels=synth_config.inter_channels,
+        content_dim=synth_config.content_dim,
+        gin_channels=synth_config.gin_channels,
+        residual_channels=32 if small else 256,
+        n_layers=4 if small else 20,
+        use_w_embedding=use_w,
+    )
+
+
+def stage_diffusion(
+    settings: TrainSettings,
+    *,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    on_metrics: MetricsCallback | None = None,
+) -> StageResult:
+    """Train the teacher latent diffusion model on the trained voice's posterior latents."""
+    from train.diffusion import DiffusionTrainer
+    from train.trainer import TrainerConfig
+
+    dataset, synth_config = latent_dataset(
+        settings, progress=sub_progress(progress, 0.0, 0.1), should_stop=should_stop
+    )
+    head_path = settings.work_dir / TEACHER_HEAD
+    trainer = DiffusionTrainer(
+        TrainerConfig(
+            run_dir=settings.work_dir / "diffusion",
+            epochs=settings.diffusion_epochs,
+            save_every_epochs=max(1, settings.diffusion_epochs // 4),
+            max_steps=settings.diffusion_max_steps,
+        ),
+        dataset,
+        denoiser_config=_denoiser_config(settings, synth_config, use_w=False),
+        device=_device(settings),
+        head_path=head_path,
+        head_metadata={"model": settings.name},
+        progress=sub_progress(progress, 0.1, 1.0),
+        should_stop=should_stop,
+        on_metrics=on_metrics,
+    )
+    trainer.resume()
+    trainer.fit()
+    trainer.export_head()
+    return StageResult("diffusion", f"teacher head after {trainer.step} steps", {"head": str(head_path)})
+
+
+def stage_distill(
+    settings: TrainSettings,
+    *,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    on_metrics: MetricsCallback | None = None,
+) -> StageResult:
+    """Distil the teacher into a latent consistency model (1 to 4 steps)."""
+    from infer.diffusion.head import load_head
+    from train.diffusion import LatentDataset
+    from train.distill import DistillTrainer
+    from train.trainer import TrainerConfig
+
+    teacher_path = settings.work_dir / TEACHER_HEAD
+    if not teacher_path.is_file():
+        raise StageError("distillation needs the teacher head: run the `diffusion` stage first")
+    cache = settings.work_dir / "latents.pt"
+    if cache.is_file():
+        dataset = LatentDataset.load(cache)
+    else:
+        dataset, _ = latent_dataset(settings, progress=None, should_stop=should_stop)
+    head_path = settings.work_dir / LCM_HEAD
+    trainer = DistillTrainer(
+        TrainerConfig(
+            run_dir=settings.work_dir / "distill",
+            epochs=settings.distill_epochs,
+            save_every_epochs=max(1, settings.distill_epochs // 4),
+            max_steps=settings.distill_max_steps,
+        ),
+        dataset,
+        load_head(teacher_path),
+        device=_device(settings),
+        head_path=head_path,
+        head_metadata={"model": settings.name},
+        progress=progress,
+        should_stop=should_stop,
+        on_metrics=on_metrics,
+    )
+    trainer.resume()
+    trainer.fit()
+    return StageResult("distill", f"LCM head after {trainer.step} steps", {"head": str(head_path)})
+
+
+def _device(settings: TrainSettings) -> str:
+    if settings.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return settings.device
+
+
+def stage_export(
+    settings: TrainSettings, *, progress: ProgressFn | None, should_stop: StopFn | None
+) -> StageResult:
+    """Install the model into ``models_dir/<name>/`` and write the shareable zip."""
+    from infer.catalog import validate_model_name
+    from infer.models import load_voice_model
+    from train.dataset import load_manifest
+    from train.export import build_model_metadata, export_model_zip
+    from train.vits import DEFAULT_EXPORT_DIRNAME
+
+    name = validate_model_name(settings.name)
+    trained = settings.work_dir / DEFAULT_EXPORT_DIRNAME / f"{name}.pth"
+    if not trained.is_file():
+        raise StageError(f"no trained model at {trained}: run `fit` first")
+    check_stop(should_stop)
+    report(progress, 0.1, "installing the model")
+    model = load_voice_model(trained)
+    target = settings.models_dir / name
+    staging = settings.models_dir / f".export-{name}-{time.time_ns()}"
+    staging.mkdir(parents=True)
+    try:
+        shutil.copy2(trained, staging / f"{name}.pth")
+        index = index_path(settings)
+        if index is not None:
+            shutil.copy2(index, staging / index.name)
+        for head in (TEACHER_HEAD, LCM_HEAD):
+            if (settings.work_dir / head).is_file():
+                shutil.copy2(settings.work_dir / head, staging / head)
+        if (settings.work_dir / "report.json").is_file():
+            shutil.copy2(settings.work_dir / "report.json", staging / "report.json")
+        duration = None
+        try:
+            duration = load_manifest(settings.work_dir).report.duration_s
+        except (TimbreError, OSError, KeyError, AttributeError):
+            log.info(
+                "no dataset manifest in %s; the model's metadata will lack the dataset duration",
+                settings.work_dir,
+            )
+        metadata = build_model_metadata(model, name=name)
+        metadata.update(
+            {
+                "f0_method": _f0_method(settings) if settings.use_f0 else None,
+                "content_encoder": settings.content_encoder,
+                "dataset_duration_s": duration,
+                "has_diffusion": (staging / TEACHER_HEAD).is_file(),
+            }
+        )
+        atomic_write_text(staging / "timbre.json", json.dumps(metadata, indent=2))
+        if target.exists():
+            backup = settings.models_dir / f".replaced-{name}-{time.time_ns()}"
+            target.rename(backup)
+            staging.rename(target)
+            shutil.rmtree(backup)
+        else:
+            staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    report(progress, 0.6, "writing the model zip")
+    zip_path = export_model_zip(settings.models_dir, name, dest=settings.work_dir)
+    report(progress, 1.0, "exported")
+    return StageResult(
+        "export",
+        f"installed {target} and wrote {zip_path.name}",
+        {"model_dir": str(target), "zip": str(zip_path)},
+    )
+
+
+_STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
+    "prepare": stage_prepare,
+    "extract": stage_extract,
+    "fit": stage_fit,
+    "index": stage_index,
+    "diffusion": stage_diffusion,
+    "distill": stage_distill,
+    "export": stage_export,
+}
+_WITH_METRICS = frozenset({"fit", "diffusion", "distill"})
+
+
+def stages_for_run(settings: TrainSettings) -> list[str]:
+    """The stages ``run`` executes for these settings, in order."""
+    chosen = ["prepare", "extract", "fit", "index"]
+    if settings.use_diffusion:
+        chosen.append("diffusion")
+    if settings.use_distillation:
+        chosen.append("distill")
+    chosen.append("export")
+    return chosen
+
+
+def run_stages(
+    settings: TrainSettings,
+    stages: Sequence[str],
+    *,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    on_metrics: MetricsCallback | None = None,
+    on_log: LogCallback | None = None,
+) -> list[StageResult]:
+    """Run ``stages`` in order; each reports progress on its share of the whole."""
+    unknown = [s for s in stages if s not in _STAGE_FUNCTIONS]
+    if unknown:
+        raise StageError(f"unknown stage(s) {unknown}; stages are {list(STAGES)}")
+    settings.save()
+    weights = {
+        "prepare": 1.0,
+        "extract": 2.0,
+        "fit": 10.0,
+        "index": 0.5,
+        "diffusion": 4.0,
+        "distill": 3.0,
+        "export": 0.3,
+    }
+    total = sum(weights[s] for s in stages)
+    done = 0.0
+    results = []
+    for stage in stages:
+        share = weights[stage] / total
+        stage_progress = sub_progress(progress, done, done + share)
+
+        def labelled(
+            fraction: float, message: str, stage: str = stage, inner: ProgressFn | None = stage_progress
+        ) -> None:
+            report(inner, fraction, f"{stage}: {message}")
+
+        started = time.perf_counter()
+        kwargs: dict[str, Any] = {"progress": labelled if progress else None, "should_stop": should_stop}
+        if stage in _WITH_METRICS:
+            kwargs["on_metrics"] = on_metrics
+        result = _STAGE_FUNCTIONS[stage](settings, **kwargs)
+        result.elapsed_s = time.perf_counter() - started
+        message = f"{stage}: {result.summary} ({result.elapsed_s:.1f} s)"
+        log.info(message)
+        if on_log is not None:
+            on_log(message)
+        results.append(result)
+        done += share
+    report(progress, 1.0, "all stages done")
+    return results
+
+
+def run_stage(
+    params: dict[str, Any],
+    progress: ProgressFn,
+    should_stop: StopFn,
+    log_line: LogCallback,
+    metrics: MetricsCallback,
+) -> dict[str, Any]:
+    """Job-worker entry point (see :mod:`train.jobs`): ``params['stage']`` is a stage or ``'run_all'``."""
+    params = dict(params)
+    stage = params.pop("stage", "run_all")
+    params.pop("resume", None)
+    experiment = params.pop("experiment", None)
+    if experiment is not None:
+        params.setdefault("name", experiment)
+    settings = TrainSettings.from_dict(params)
+    stages = stages_for_run(settings) if stage == "run_all" else [stage]
+    results = run_stages(
+        settings, stages, progress=progress, should_stop=should_stop, on_metrics=metrics, on_log=log_line
+    )
+    return {r.stage: {"summary": r.summary, **r.outputs} for r in results}
+
+
+def with_overrides(settings: TrainSettings, **overrides: Any) -> TrainSettings:
+    """A copy of ``settings`` with some fields replaced (validated again)."""
+    return replace(settings, **overrides)
