@@ -141,6 +141,7 @@ __all__ = [
     "hubert_config",
     "tiny_synth_config",
     "write_diffusion_heads",
+    "write_diffusion_heads_sized",
     "write_hubert_checkpoint",
     "write_rmvpe_checkpoint",
     "write_voice_model",
@@ -148,7 +149,14 @@ __all__ = [
 
 
 def write_diffusion_heads(model_dir: Path, config: SynthConfig, *, seed: int = 0) -> None:
-    """Random-weight teacher and LCM heads that fit ``config`` (for wiring tests, not quality)."""
+    """Small random-weight teacher and LCM heads that fit ``config`` (for wiring tests, not quality)."""
+    write_diffusion_heads_sized(model_dir, config, residual_channels=16, n_layers=2, seed=seed)
+
+
+def write_diffusion_heads_sized(
+    model_dir: Path, config: SynthConfig, *, residual_channels: int, n_layers: int, seed: int = 0
+) -> None:
+    """Random-weight teacher and LCM heads of a chosen size (benchmarks use the real size)."""
     from infer.diffusion.denoiser import Denoiser, DenoiserConfig
     from infer.diffusion.head import DiffusionHead
     from infer.diffusion.schedulers import ConsistencyConfig, NoiseScheduleConfig
@@ -159,8 +167,8 @@ def write_diffusion_heads(model_dir: Path, config: SynthConfig, *, seed: int = 0
             latent_channels=config.inter_channels,
             content_dim=config.content_dim,
             gin_channels=config.gin_channels,
-            residual_channels=16,
-            n_layers=2,
+            residual_channels=residual_channels,
+            n_layers=n_layers,
             use_w_embedding=kind == "lcm",
         )
         head = DiffusionHead(
