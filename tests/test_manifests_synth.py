@@ -118,8 +118,17 @@ def test_discriminator_scores_real_and_fake_separately() -> None:
 def test_discriminator_config_validation() -> None:
     assert DiscriminatorConfig.preset("v2").periods == (2, 3, 5, 7, 11, 17, 23, 37)
     config = DiscriminatorConfig.from_dict({"periods": [2, 3]})
-    assert config.to_dict() == {"periods": [2, 3], "kernel_size": 5, "stride": 3}
+    assert config.to_dict() == {"periods": [2, 3], "kernel_size": 5, "stride": 3, "width_divisor": 1}
+    with torch.device("meta"):
+        full = MultiPeriodDiscriminator(config)
+        small = MultiPeriodDiscriminator(DiscriminatorConfig(periods=(2, 3), width_divisor=16))
+    n_full = sum(p.numel() for p in full.parameters())
+    n_small = sum(p.numel() for p in small.parameters())
+    assert n_small * 100 < n_full
     from infer.nn import ConfigError
+
+    with pytest.raises(ConfigError, match="width_divisor"):
+        DiscriminatorConfig(periods=(2,), width_divisor=3)
 
     with pytest.raises(ConfigError, match="unknown keys"):
         DiscriminatorConfig.from_dict({"periods": [2], "use_spectral_norm": True})

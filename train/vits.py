@@ -114,6 +114,7 @@ TINY_SEGMENT_FRAMES = 12
 _TINY_16K_DECODER = ((10, 4, 4), (20, 8, 8))
 TINY_DISCRIMINATOR_PERIODS = (2,)
 TINY_DISCRIMINATOR_KERNEL = 1
+TINY_DISCRIMINATOR_WIDTH_DIVISOR = 16
 RUN_INFO_FILENAME = "vits_run.json"
 DEFAULT_RUN_DIRNAME = "vits"
 DEFAULT_EXPORT_DIRNAME = "weights"
@@ -318,10 +319,12 @@ class VitsTrainConfig:
         )
 
     def discriminator_config(self) -> DiscriminatorConfig:
-        """RVC's v1/v2 discriminator; for ``tiny`` one period with 1-tap kernels (its widths are fixed)."""
+        """RVC's v1/v2 discriminator; for ``tiny`` one period, 1-tap kernels and 1/16 of the widths."""
         if self.size == "tiny":
             return DiscriminatorConfig(
-                periods=TINY_DISCRIMINATOR_PERIODS, kernel_size=TINY_DISCRIMINATOR_KERNEL
+                periods=TINY_DISCRIMINATOR_PERIODS,
+                kernel_size=TINY_DISCRIMINATOR_KERNEL,
+                width_divisor=TINY_DISCRIMINATOR_WIDTH_DIVISOR,
             )
         return DiscriminatorConfig.preset(self.version)
 

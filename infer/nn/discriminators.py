@@ -29,11 +29,14 @@ class DiscriminatorConfig:
         periods: one :class:`PeriodDiscriminator` per entry, each >= 2 (RVC v1: 2..17, v2: 2..37).
         kernel_size: period-discriminator kernel along time.
         stride: period-discriminator stride along time.
+        width_divisor: divide every hidden width (and group count) by this; 1 = RVC's networks,
+            larger values give small discriminators for tests and quick trials.
     """
 
     periods: tuple[int, ...]
     kernel_size: int = 5
     stride: int = 3
+    width_divisor: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "periods", tuple(int(p) for p in self.periods))
@@ -43,6 +46,10 @@ class DiscriminatorConfig:
             raise ConfigError(f"DiscriminatorConfig.periods must be >= 1, got {self.periods}")
         if self.kernel_size < 1 or self.stride < 1:
             raise ConfigError("DiscriminatorConfig.kernel_size and stride must be >= 1")
+        if self.width_divisor not in (1, 2, 4, 8, 16):
+            raise ConfigError(
+                f"DiscriminatorConfig.width_divisor must be 1, 2, 4, 8 or 16, got {self.width_divisor}"
+            )
 
     @classmethod
     def preset(cls, version: str) -> DiscriminatorConfig:
@@ -61,25 +68,34 @@ class DiscriminatorConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON-friendly dict."""
-        return {"periods": list(self.periods), "kernel_size": self.kernel_size, "stride": self.stride}
+        return {
+            "periods": list(self.periods),
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "width_divisor": self.width_divisor,
+        }
 
 
 class ScaleDiscriminator(nn.Module):
     """Grouped strided 1-D convs over the raw waveform (HiFi-GAN/MelGAN "DiscriminatorS")."""
 
-    def __init__(self) -> None:
+    def __init__(self, width_divisor: int = 1) -> None:
         super().__init__()
+
+        def w(channels: int) -> int:
+            return max(1, channels // width_divisor)
+
         self.convs = nn.ModuleList(
             [
-                WeightNormConv1d(1, 16, 15, 1, padding=7),
-                WeightNormConv1d(16, 64, 41, 4, groups=4, padding=20),
-                WeightNormConv1d(64, 256, 41, 4, groups=16, padding=20),
-                WeightNormConv1d(256, 1024, 41, 4, groups=64, padding=20),
-                WeightNormConv1d(1024, 1024, 41, 4, groups=256, padding=20),
-                WeightNormConv1d(1024, 1024, 5, 1, padding=2),
+                WeightNormConv1d(1, w(16), 15, 1, padding=7),
+                WeightNormConv1d(w(16), w(64), 41, 4, groups=w(4), padding=20),
+                WeightNormConv1d(w(64), w(256), 41, 4, groups=w(16), padding=20),
+                WeightNormConv1d(w(256), w(1024), 41, 4, groups=w(64), padding=20),
+                WeightNormConv1d(w(1024), w(1024), 41, 4, groups=w(256), padding=20),
+                WeightNormConv1d(w(1024), w(1024), 5, 1, padding=2),
             ]
         )
-        self.conv_post = WeightNormConv1d(1024, 1, 3, 1, padding=1)
+        self.conv_post = WeightNormConv1d(w(1024), 1, 3, 1, padding=1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """x: (B, 1, L) -> (logits (B, N), feature maps)."""
@@ -95,18 +111,18 @@ class ScaleDiscriminator(nn.Module):
 class PeriodDiscriminator(nn.Module):
     """2-D convs over the waveform folded to (L / period, period) (HiFi-GAN "DiscriminatorP")."""
 
-    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3) -> None:
+    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, width_divisor: int = 1) -> None:
         super().__init__()
         self.period = period
         pad = ((kernel_size - 1) // 2, 0)
-        widths = [1, 32, 128, 512, 1024]
+        widths = [1] + [max(1, c // width_divisor) for c in (32, 128, 512, 1024)]
         layers = [
             WeightNormConv2d(c_in, c_out, (kernel_size, 1), (stride, 1), padding=pad)
             for c_in, c_out in itertools.pairwise(widths)
         ]
-        layers.append(WeightNormConv2d(1024, 1024, (kernel_size, 1), (1, 1), padding=pad))
+        layers.append(WeightNormConv2d(widths[-1], widths[-1], (kernel_size, 1), (1, 1), padding=pad))
         self.convs = nn.ModuleList(layers)
-        self.conv_post = WeightNormConv2d(1024, 1, (3, 1), (1, 1), padding=(1, 0))
+        self.conv_post = WeightNormConv2d(widths[-1], 1, (3, 1), (1, 1), padding=(1, 0))
 
     def forward(self, x: Tensor) -> tuple[Tensor, list[Tensor]]:
         """x: (B, 1, L) -> (logits (B, N), feature maps); L is reflect-padded to a multiple of period."""
@@ -135,8 +151,11 @@ class MultiPeriodDiscriminator(nn.Module):
     def __init__(self, config: DiscriminatorConfig) -> None:
         super().__init__()
         self.config = config
-        discriminators: list[nn.Module] = [ScaleDiscriminator()]
-        discriminators += [PeriodDiscriminator(p, config.kernel_size, config.stride) for p in config.periods]
+        discriminators: list[nn.Module] = [ScaleDiscriminator(config.width_divisor)]
+        discriminators += [
+            PeriodDiscriminator(p, config.kernel_size, config.stride, config.width_divisor)
+            for p in config.periods
+        ]
         self.discriminators = nn.ModuleList(discriminators)
 
     def forward(
