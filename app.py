@@ -4,7 +4,8 @@
 [--models-dir D] [--data-dir D] [--pretrained-dir D]``
 
 A thin front: it builds the tabs, maps widgets to typed parameters and calls the library
-through the small adapter functions below. Model code lives in ``infer/`` and ``train/``;
+through the small adapter functions below; the Gradio-free helpers (tables, status texts, widget
+values -> params) live in :mod:`train.studio`. Model code lives in ``infer/`` and ``train/``;
 heavy modules (torch, the pipeline) are imported on first use, never at import. Training runs
 in background worker processes (:mod:`train.jobs`) whose state lives in an SQLite file in the
 data folder, so a closed browser or a restarted app finds every job again.
@@ -14,13 +15,10 @@ from __future__ import annotations
 
 import argparse
 import functools
-import importlib
 import ipaddress
 import logging
 import os
-import re
 import secrets
-import shutil
 import subprocess
 import sys
 import threading
@@ -37,7 +35,6 @@ import pandas as pd
 
 from infer.catalog import (
     ModelEntry,
-    add_model_files,
     delete_model,
     find_model,
     list_models,
@@ -46,9 +43,42 @@ from infer.catalog import (
     resolve_models_dir,
     validate_model_name,
 )
-from infer.errors import AudioDecodeError, Cancelled, TimbreError
+from infer.errors import Cancelled, TimbreError
 from infer.progress import ProgressFn, StopFn, check_stop, report
 from train.jobs import Job, JobStore, resume_job, start_job
+from train.studio import (
+    ASSET_TABLE_HEADERS,
+    F0_METHOD_CHOICES,
+    JOB_TABLE_HEADERS,
+    MAX_WORKERS,
+    MODEL_TABLE_HEADERS,
+    OUTPUT_RATE_CHOICES,
+    REFINE_START_CHOICES,
+    RUN_ALL,
+    SAMPLER_CHOICES,
+    SLICE_MODES,
+    STAGES_NEEDING_DATA,
+    TRAIN_F0_METHOD_CHOICES,
+    TRAIN_SAMPLE_RATES,
+    TRAIN_STAGES,
+    TRAIN_VERSIONS,
+    StudioError,
+    TrainForm,
+    assets_table,
+    check_audio_inputs,
+    convert_params_from_ui,
+    dataset_report_markdown,
+    format_bytes,
+    job_choices,
+    job_status_markdown,
+    jobs_table,
+    model_info_markdown,
+    models_table,
+    pretrained_status_markdown,
+    safe_stem,
+    stage_dataset_uploads,
+    train_params_from_ui,
+)
 
 log = logging.getLogger("timbre.app")
 
@@ -66,35 +96,27 @@ SAMPLE_RATE_16K = 16000
 F0_FRAME_RATE_HZ = 100
 MAX_PLOT_POINTS = 1500
 MAX_METRIC_ROWS = 5000
+MAX_CHART_POINTS = 500
 LOG_TAIL_LINES = 30
-BYTES_PER_MB = 1_000_000
-# Mirrors infer.pipeline.F0_METHODS (kept here so the page builds without importing torch);
-# "auto" means None: the library picks rmvpe when its weights are present, else fcpe.
-F0_METHOD_CHOICES = ("auto", "rmvpe", "fcpe", "harvest", "pm", "crepe", "crepe-tiny")
-TRAIN_F0_METHOD_CHOICES = ("rmvpe", "fcpe", "harvest", "pm", "crepe")
-SAMPLER_CHOICES = ("off", "ddpm", "ddim", "lcm")
-LCM_MAX_STEPS = 4
-OUTPUT_RATE_CHOICES = ("model", "16000", "22050", "32000", "40000", "44100", "48000")
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 INDEX_AUTO = "(model's own index)"
 INDEX_NONE = "(no index)"
-TRAIN_SAMPLE_RATES = ("32000", "40000", "48000")
-TRAIN_VERSIONS = ("v1", "v2")
-SLICE_MODES = ("auto", "fixed", "off")
-TRAIN_STAGES = ("prepare", "extract", "fit", "index", "export")
+TRAIN_SIZE_CHOICES = [("full (RVC networks)", "full"), ("tiny (quick trial)", "tiny")]
 # The one place that says which function runs each training button (see train.jobs).
-TRAIN_TARGETS = {stage: "train.pipeline:run_stage" for stage in (*TRAIN_STAGES, "run_all")}
+TRAIN_TARGETS = {stage: "train.pipeline:run_stage" for stage in (*TRAIN_STAGES, RUN_ALL)}
+STAGE_BUTTON_LABELS = {
+    "prepare": "1 Prepare",
+    "extract": "2 Extract",
+    "fit": "3 Train",
+    "index": "4 Index",
+    "diffusion": "5 Diffusion",
+    "distill": "6 Distil",
+    "report": "7 Report",
+    "export": "8 Export",
+}
 SELFTEST_TARGET = "train.jobs:selftest_job"
 SELFTEST_EXPERIMENT = "selftest"
-DATASET_ZIP_MAX_BYTES = 4 << 30
-DATASET_ZIP_MAX_FILES = 10_000
-DATASET_ZIP_MAX_MEMBER_BYTES = 1 << 30
 GENERIC_ERROR = "Something went wrong on the server ({kind}); the details are in its log."
-_UNSAFE_FILE_CHARS_RE = re.compile(r"[^\w.\-]+")
-
-
-class StudioError(TimbreError):
-    """A request from the page cannot be carried out as given (the message says why)."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +134,10 @@ class StudioPaths:
     @property
     def experiments_dir(self) -> Path:
         return self.data_dir / "experiments"
+
+    @property
+    def exports_dir(self) -> Path:
+        return self.data_dir / "exports"
 
     @property
     def jobs_db(self) -> Path:
@@ -200,78 +226,7 @@ def _gradio_progress(progress: gr.Progress) -> ProgressFn:
 
 
 # --------------------------------------------------------------------------------------------
-# Formatting helpers (pure)
-
-
-def format_bytes(n_bytes: int | None) -> str:
-    if n_bytes is None:
-        return "-"
-    if n_bytes < 1000:
-        return f"{n_bytes} B"
-    if n_bytes < BYTES_PER_MB:
-        return f"{n_bytes / 1000:.1f} kB"
-    if n_bytes < 1000 * BYTES_PER_MB:
-        return f"{n_bytes / BYTES_PER_MB:.1f} MB"
-    return f"{n_bytes / (1000 * BYTES_PER_MB):.2f} GB"
-
-
-def format_eta(eta_s: float | None) -> str:
-    if eta_s is None:
-        return "estimating..."
-    seconds = round(eta_s)
-    if seconds < 60:
-        return f"{seconds} s"
-    if seconds < 3600:
-        return f"{seconds // 60} min {seconds % 60:02d} s"
-    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
-
-
-def _yes_no(value: Any) -> str:
-    if value is None:
-        return "?"
-    return "yes" if value else "no"
-
-
-MODEL_TABLE_HEADERS = ["name", "sample rate", "version", "f0", "epochs", "size", "index", "diffusion"]
-
-
-def models_table(entries: Sequence[ModelEntry]) -> list[list[str]]:
-    """Rows for the models table (metadata from timbre.json; '?' where a model has none)."""
-    rows = []
-    for e in entries:
-        meta = e.metadata
-        rate = meta.get("sample_rate")
-        rows.append(
-            [
-                e.name,
-                f"{int(rate) // 1000} kHz" if isinstance(rate, (int, float)) else "?",
-                str(meta.get("version", "?")),
-                _yes_no(meta.get("use_f0")),
-                str(meta.get("epochs", "?")),
-                format_bytes(e.size_bytes),
-                "yes" if e.index_path is not None else "no",
-                "yes" if e.has_diffusion else "no",
-            ]
-        )
-    return rows
-
-
-def model_info_markdown(entry: ModelEntry | None) -> str:
-    if entry is None:
-        return "No model selected. Put models in the models folder or import one in the **Models** tab."
-    meta = entry.metadata
-    rate = meta.get("sample_rate")
-    parts = [
-        f"**{entry.name}**",
-        f"{int(rate) // 1000} kHz" if isinstance(rate, (int, float)) else "rate unknown",
-        str(meta.get("version", "version unknown")),
-        "with pitch" if meta.get("use_f0", True) else "no pitch",
-        f"{meta['epochs']} epochs" if "epochs" in meta else "",
-        format_bytes(entry.size_bytes),
-        f"index `{entry.index_path.name}`" if entry.index_path else "no index",
-        "diffusion head" if entry.has_diffusion else "",
-    ]
-    return " · ".join(p for p in parts if p)
+# Chart data (pure)
 
 
 def f0_plot_frame(
@@ -304,8 +259,16 @@ def f0_plot_frame(
     return pd.concat(frames, ignore_index=True)
 
 
-def metrics_frame(rows: Sequence[tuple[int, dict[str, float | None]]], max_points: int = 500) -> pd.DataFrame:
-    """Long-format metric curves (step, value, metric) for gr.LinePlot, thinned to ``max_points``."""
+def metrics_frame(
+    rows: Sequence[tuple[int, dict[str, float | None]]],
+    max_points: int = MAX_CHART_POINTS,
+    *,
+    prefix: str = "loss",
+) -> pd.DataFrame:
+    """Long-format curves (step, value, metric) of the metrics named ``prefix*``, thinned to ``max_points``.
+
+    The trainers also report learning rate, speed and gradient norms; the chart shows the losses.
+    """
     stride = max(1, int(np.ceil(len(rows) / max_points)))
     kept = list(rows[::stride])
     if rows and kept[-1] is not rows[-1]:
@@ -314,146 +277,15 @@ def metrics_frame(rows: Sequence[tuple[int, dict[str, float | None]]], max_point
         {"step": step, "value": value, "metric": name}
         for step, values in kept
         for name, value in values.items()
-        if value is not None
+        if value is not None and name.startswith(prefix)
     ]
     if not records:
         return pd.DataFrame({"step": [], "value": [], "metric": []})
     return pd.DataFrame.from_records(records)
 
 
-JOB_TABLE_HEADERS = ["id", "experiment", "kind", "state", "progress", "ETA", "updated"]
-
-
-def jobs_table(jobs: Sequence[Job]) -> list[list[Any]]:
-    now = time.time()
-    rows = []
-    for job in jobs:
-        age_s = max(0.0, now - job.updated_at)
-        rows.append(
-            [
-                job.id,
-                job.experiment,
-                job.kind,
-                job.state,
-                f"{job.fraction * 100:.0f}%",
-                format_eta(job.eta_s) if job.state == "running" else "",
-                f"{format_eta(age_s)} ago",
-            ]
-        )
-    return rows
-
-
-def job_choices(jobs: Sequence[Job]) -> list[tuple[str, int]]:
-    return [(f"#{j.id} {j.experiment} · {j.kind} · {j.state}", j.id) for j in jobs]
-
-
-def job_status_markdown(job: Job | None) -> str:
-    if job is None:
-        return "No job selected. Start a stage above, or pick a job from the list."
-    head = f"**#{job.id} {job.experiment}** · {job.kind} · **{job.state}**"
-    if job.state == "running":
-        stage = job.stage or "starting"
-        line = f"{stage} · {job.fraction * 100:.1f}% · ETA {format_eta(job.eta_s)}"
-        if job.is_cancel_requested:
-            line += " · stopping..."
-        return f"{head}\n\n{line}"
-    if job.state == "queued":
-        return f"{head}\n\nwaiting for the worker to start"
-    detail = f"{job.stage or '-'} · {job.fraction * 100:.1f}%"
-    if job.error:
-        detail += f"\n\n{job.error}"
-    if job.is_resumable:
-        detail += "\n\nPress **Resume** to continue this job."
-    return f"{head}\n\n{detail}"
-
-
-def dataset_report_markdown(work_dir: Path) -> str:
-    """The dataset report written by train.dataset (``dataset.json``), as Markdown."""
-    if not (work_dir / "dataset.json").is_file():
-        return "No dataset report yet: it appears once the dataset has been collected (Prepare)."
-    from train.dataset import load_manifest
-
-    try:
-        found = load_manifest(work_dir).report
-    except TimbreError as exc:
-        return f"The dataset report cannot be read: {exc}"
-    lines = [
-        f"**{found.clip_count} clips**, {found.duration_s / 60:.1f} min "
-        f"({found.usable_duration_s / 60:.1f} min not silent), "
-        f"silence {found.silent_share * 100:.0f}%, clipped samples {found.clipped_share * 100:.2f}%",
-    ]
-    if found.sample_rates:
-        lines.append("native sample rates: " + ", ".join(f"{r} Hz" for r in found.sample_rates))
-    lines += [f"- ⚠ {w}" for w in found.warnings]
-    if found.skipped:
-        lines.append(f"**{len(found.skipped)} files skipped:**")
-        lines += [f"- `{Path(s.path).name}`: {s.reason}" for s in found.skipped[:20]]
-    return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------------------------
 # Conversion adapter
-
-
-def convert_params_from_ui(
-    pitch_shift_semitones: float,
-    f0_method: str,
-    index_rate: float,
-    filter_radius: int,
-    rms_mix_rate: float,
-    protect: float,
-    output_rate: str,
-    speaker_id: float,
-    sampler: str,
-    diffusion_steps: int,
-    guidance_weight: float,
-    refine_start: float,
-) -> dict[str, Any]:
-    """Widget values -> the keyword dict of ``infer.pipeline.ConvertParams.from_dict``.
-
-    The diffusion keys are sent only when a sampler is chosen; the library decides whether it
-    supports them (and says so when it does not).
-    """
-    if f0_method not in F0_METHOD_CHOICES:
-        raise StudioError(f"unknown F0 method {f0_method!r}; choose one of {', '.join(F0_METHOD_CHOICES)}")
-    if output_rate not in OUTPUT_RATE_CHOICES:
-        raise StudioError(f"unknown output sample rate {output_rate!r}")
-    params: dict[str, Any] = {
-        "pitch_shift_semitones": float(pitch_shift_semitones),
-        "f0_method": None if f0_method == "auto" else f0_method,
-        "index_rate": float(index_rate),
-        "filter_radius": int(filter_radius),
-        "rms_mix_rate": float(rms_mix_rate),
-        "protect": float(protect),
-        "output_sample_rate": 0 if output_rate == "model" else int(output_rate),
-        "speaker_id": int(speaker_id or 0),
-    }
-    sampler = (sampler or "off").lower()
-    if sampler not in SAMPLER_CHOICES:
-        raise StudioError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLER_CHOICES)}")
-    if sampler != "off":
-        if sampler == "lcm" and not 1 <= int(diffusion_steps) <= LCM_MAX_STEPS:
-            raise StudioError(f"the LCM sampler takes 1 to {LCM_MAX_STEPS} steps, not {int(diffusion_steps)}")
-        params.update(
-            sampler=sampler,
-            diffusion_steps=int(diffusion_steps),
-            guidance_weight=float(guidance_weight),
-            refine_start=float(refine_start),
-        )
-    return params
-
-
-def check_audio_inputs(paths: Sequence[str | Path | None]) -> list[Path]:
-    """The uploaded files, or AudioDecodeError for none, a missing or a 0-byte one."""
-    files = [Path(p) for p in paths if p]
-    if not files:
-        raise AudioDecodeError("no audio given: upload a file (or several) or record one, then press Convert")
-    for path in files:
-        if not path.is_file():
-            raise AudioDecodeError(f"{path.name}: the upload did not arrive; upload the file again")
-        if path.stat().st_size == 0:
-            raise AudioDecodeError(f"{path.name} is empty (0 bytes); upload a real audio file")
-    return files
 
 
 def pick_device(choice: str) -> str:
@@ -462,10 +294,6 @@ def pick_device(choice: str) -> str:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _safe_stem(name: str) -> str:
-    return _UNSAFE_FILE_CHARS_RE.sub("_", Path(name).stem).strip("._")[:60] or "audio"
 
 
 def _fresh_output_dir(outputs_dir: Path) -> Path:
@@ -567,7 +395,7 @@ def convert_files(
             failures.append(f"{path.name}: {exc}")
             log.warning("conversion of %s failed: %s", path, exc)
             continue
-        target = out_dir / f"{_safe_stem(path.name)}_{_safe_stem(entry.name)}.wav"
+        target = out_dir / f"{safe_stem(path.name)}_{safe_stem(entry.name)}.wav"
         if target.exists():
             target = out_dir / f"{target.stem}_{number + 1}.wav"
         outputs.append(save_audio(target, result.audio, result.sample_rate))
@@ -577,7 +405,7 @@ def convert_files(
         raise StudioError("no file could be converted:\n" + "\n".join(failures))
     archive = None
     if count > 1:
-        archive = out_dir / f"timbre_{_safe_stem(entry.name)}_{len(outputs)}_files.zip"
+        archive = out_dir / f"timbre_{safe_stem(entry.name)}_{len(outputs)}_files.zip"
         with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
             for path in outputs:
                 zf.write(path, arcname=path.name)
@@ -600,155 +428,7 @@ def convert_files(
 
 
 # --------------------------------------------------------------------------------------------
-# Training adapter
-
-
-@dataclass(frozen=True)
-class TrainForm:
-    """The Train tab's settings (everything but the dataset), as typed values."""
-
-    experiment: str
-    sample_rate: int
-    version: str
-    use_f0: bool
-    slice_mode: str
-    use_normalization: bool
-    threshold_db: float
-    segment_s: float
-    f0_method: str
-    epochs: int
-    batch_size: int
-    save_every_epochs: int
-    use_pretrained: bool
-    use_diffusion: bool
-    use_distillation: bool
-
-    def __post_init__(self) -> None:
-        validate_model_name(self.experiment)
-        if str(self.sample_rate) not in TRAIN_SAMPLE_RATES or self.version not in TRAIN_VERSIONS:
-            raise StudioError("choose a sample rate of 32000, 40000 or 48000 and version v1 or v2")
-        if self.slice_mode not in SLICE_MODES:
-            raise StudioError(f"slicing must be one of {', '.join(SLICE_MODES)}")
-        if self.f0_method not in TRAIN_F0_METHOD_CHOICES:
-            raise StudioError(f"F0 method must be one of {', '.join(TRAIN_F0_METHOD_CHOICES)}")
-        if self.epochs < 1 or self.batch_size < 1 or self.save_every_epochs < 1:
-            raise StudioError("epochs, batch size and 'save every' must be at least 1")
-
-
-def train_params_from_ui(
-    stage: str, paths: StudioPaths, form: TrainForm, dataset: Sequence[Path]
-) -> dict[str, Any]:
-    """The params of a training job (plain JSON, see train.jobs).
-
-    ``slice`` holds ``train.slicing.SliceConfig`` keys; paths are absolute strings.
-    """
-    if stage not in TRAIN_TARGETS:
-        raise StudioError(f"unknown training stage {stage!r}")
-    return {
-        "stage": stage,
-        "experiment": form.experiment,
-        "work_dir": str(paths.work_dir(form.experiment).absolute()),
-        "models_dir": str(paths.models_dir.absolute()),
-        "pretrained_dir": str(paths.pretrained_dir.absolute()),
-        "sample_rate": form.sample_rate,
-        "version": form.version,
-        "use_f0": form.use_f0,
-        "dataset": [str(Path(p).absolute()) for p in dataset],
-        "slice": {
-            "mode": form.slice_mode,
-            "use_normalization": form.use_normalization,
-            "threshold_db": form.threshold_db,
-            "segment_s": form.segment_s,
-        },
-        "f0_method": form.f0_method,
-        "epochs": form.epochs,
-        "batch_size": form.batch_size,
-        "save_every_epochs": form.save_every_epochs,
-        "use_pretrained": form.use_pretrained,
-        "use_diffusion": form.use_diffusion,
-        "use_distillation": form.use_distillation,
-    }
-
-
-def stage_dataset_uploads(uploads: Sequence[str | Path], dest_root: Path) -> list[Path]:
-    """Copy uploaded clips (and safely unpack uploaded zips) into the experiment's folder.
-
-    Returns the copied files and unpacked folders. A 0-byte file or an unsafe zip is an error
-    and leaves nothing behind.
-    """
-    from infer.ziputil import safe_extract_zip
-    from train.dataset import AUDIO_SUFFIXES
-
-    files = [Path(u) for u in uploads if u]
-    for path in files:
-        if not path.is_file() or path.stat().st_size == 0:
-            raise StudioError(f"{path.name} is empty (0 bytes) or did not arrive; upload it again")
-    if not files:
-        return []
-    dest = dest_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
-    dest.mkdir(parents=True)
-    staged: list[Path] = []
-    try:
-        for number, path in enumerate(files):
-            if path.suffix.lower() == ".zip":
-                result = safe_extract_zip(
-                    path,
-                    dest / f"{number:03d}_{_safe_stem(path.name)}",
-                    max_total_bytes=DATASET_ZIP_MAX_BYTES,
-                    max_files=DATASET_ZIP_MAX_FILES,
-                    max_member_bytes=DATASET_ZIP_MAX_MEMBER_BYTES,
-                    allowed_suffixes=AUDIO_SUFFIXES,
-                )
-                if not result.extracted:
-                    raise StudioError(f"{path.name} holds no audio files; zip the clips themselves")
-                staged.append(result.dest_dir)
-            else:
-                target = dest / f"{number:03d}_{_safe_stem(path.name)}{path.suffix.lower()}"
-                shutil.copyfile(path, target)
-                staged.append(target)
-    except BaseException:
-        shutil.rmtree(dest, ignore_errors=True)
-        raise
-    return staged
-
-
-def pretrained_status_markdown(pretrained_dir: Path, sample_rate: str, version: str, use_f0: bool) -> str:
-    """Whether the base generator/discriminator for these settings are on disk."""
-    from infer.assets import asset_status, download_command, pretrained_pair
-
-    names = pretrained_pair(version, int(sample_rate), use_f0=bool(use_f0))
-    status = {s.name: s for s in asset_status(pretrained_dir)}
-    lines = []
-    for name in names:
-        item = status.get(name)
-        if item is not None and item.is_usable:
-            lines.append(f"- `{name}`: present ({format_bytes(item.size_bytes)})")
-        else:
-            state = item.state if item is not None else "missing"
-            lines.append(f"- `{name}`: **{state}** · download with `{download_command(name)}`")
-    return "**Pretrained base**\n" + "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
 # Assets and device adapters
-
-
-ASSET_TABLE_HEADERS = ["name", "state", "size", "expected", "download command"]
-
-
-def assets_table(pretrained_dir: Path) -> list[list[str]]:
-    from infer.assets import asset_status, download_command
-
-    return [
-        [
-            s.name,
-            s.state,
-            format_bytes(s.size_bytes),
-            format_bytes(s.expected_size_bytes),
-            "" if s.is_usable else download_command(s.name),
-        ]
-        for s in asset_status(pretrained_dir)
-    ]
 
 
 def device_info_markdown() -> str:
@@ -768,18 +448,6 @@ def device_info_markdown() -> str:
     else:
         lines.append("- CUDA: not available (conversion and training run on the CPU)")
     return "\n".join(lines)
-
-
-def _export_module() -> Any:
-    try:
-        return importlib.import_module("train.export")
-    except ModuleNotFoundError as exc:
-        if exc.name not in ("train.export", "train"):
-            raise
-        raise StudioError(
-            "model zip download/import is not available in this installation yet (train.export is "
-            "missing); copy the model folder by hand, or import a .pth (+ .index) instead"
-        ) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -845,35 +513,53 @@ class Studio:
 
     @ui_errors
     def export_model(self, name: str | None) -> tuple[str, str]:
+        """Pack a model as ``<name>.zip`` (train.export) in a fresh folder under data/exports."""
+        from train.export import export_model_zip
+
         if not name:
             raise StudioError("choose the model to download first")
         find_model(self.paths.models_dir, name)
-        archive = Path(_export_module().export_model_zip(self.paths.models_dir, name))
-        return str(archive), f"**{name}** packed as `{archive.name}`."
+        folder = _fresh_output_dir(self.paths.exports_dir)
+        archive = export_model_zip(self.paths.models_dir, name, dest=folder)
+        return str(
+            archive
+        ), f"**{name}** packed as `{archive.name}` ({format_bytes(archive.stat().st_size)})."
 
     @ui_errors
     def import_model(
-        self, uploads: list[str] | None, name: str
+        self, uploads: list[str] | None, name: str | None, overwrite: bool = False
     ) -> tuple[list[list[str]], dict[str, Any], str]:
+        """Install an uploaded zip, or a .pth (+ .index), through train.export's checks."""
+        from train.export import import_model_files, import_model_zip
+
         files = [Path(u) for u in uploads or [] if u]
         if not files:
             raise StudioError("upload a model .zip, or a .pth with its optional .index")
         for path in files:
-            if path.stat().st_size == 0:
-                raise StudioError(f"{path.name} is empty (0 bytes); upload it again")
+            if not path.is_file() or path.stat().st_size == 0:
+                raise StudioError(f"{path.name} is empty (0 bytes) or did not arrive; upload it again")
         by_suffix: dict[str, list[Path]] = {".zip": [], ".pth": [], ".index": []}
         for path in files:
             by_suffix.setdefault(path.suffix.lower(), []).append(path)
         zips, pths, indexes = by_suffix[".zip"], by_suffix[".pth"], by_suffix[".index"]
-        if zips and len(files) == 1:
-            imported = str(_export_module().import_model_zip(zips[0], self.paths.models_dir))
+        target = (name or "").strip() or None
+        if len(zips) == 1 and len(files) == 1:
+            imported = import_model_zip(
+                zips[0], self.paths.models_dir, name=target, overwrite=bool(overwrite)
+            )
         elif len(pths) == 1 and len(indexes) <= 1 and len(files) == 1 + len(indexes):
-            target = (name or "").strip() or pths[0].stem
-            index = indexes[0] if indexes else None
-            imported = add_model_files(self.paths.models_dir, target, pths[0], index).name
+            imported = import_model_files(
+                pths[0],
+                indexes[0] if indexes else None,
+                self.paths.models_dir,
+                name=target,
+                overwrite=bool(overwrite),
+            )
         else:
             raise StudioError("upload one .zip on its own, or one .pth with at most one .index")
-        return models_table(self.entries()), self.model_choices(imported), f"Imported **{imported}**."
+        entry = find_model(self.paths.models_dir, imported)
+        message = f"Imported **{imported}**: {model_info_markdown(entry)}"
+        return models_table(self.entries()), self.model_choices(imported), message
 
     # ---- convert ------------------------------------------------------------------------
 
@@ -895,7 +581,8 @@ class Studio:
         sampler: str,
         diffusion_steps: float,
         guidance_weight: float,
-        refine_start: float,
+        refine_start: str,
+        refine_strength: float,
         device_choice: str,
         request: gr.Request,
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects the tracker)
@@ -906,7 +593,7 @@ class Studio:
         entry = find_model(self.paths.models_dir, model_name)
         params = convert_params_from_ui(
             pitch, f0_method, index_rate, int(filter_radius), rms_mix_rate, protect, output_rate,
-            speaker_id, sampler, int(diffusion_steps), guidance_weight, refine_start,
+            speaker_id, sampler, int(diffusion_steps), guidance_weight, refine_start, refine_strength,
         )  # fmt: skip
         session = _session(request)
         flag = self.stops.begin("convert", session)
@@ -977,8 +664,11 @@ class Studio:
         sample_rate: str,
         version: str,
         use_f0: bool,
+        size: str,
         uploads: list[str] | None,
         folder: str | None,
+        use_diffusion: bool,
+        use_distillation: bool,
         slice_mode: str,
         use_normalization: bool,
         threshold_db: float,
@@ -987,9 +677,14 @@ class Studio:
         epochs: float,
         batch_size: float,
         save_every_epochs: float,
+        max_steps: float,
         use_pretrained: bool,
-        use_diffusion: bool,
-        use_distillation: bool,
+        diffusion_epochs: float,
+        diffusion_max_steps: float,
+        distill_epochs: float,
+        distill_max_steps: float,
+        workers: float,
+        use_report: bool,
     ) -> tuple[Any, ...]:
         """Create and start a training job for one stage (or all of them)."""
         form = TrainForm(
@@ -997,6 +692,7 @@ class Studio:
             sample_rate=int(sample_rate),
             version=version,
             use_f0=bool(use_f0),
+            size=size,
             slice_mode=slice_mode,
             use_normalization=bool(use_normalization),
             threshold_db=float(threshold_db),
@@ -1005,9 +701,16 @@ class Studio:
             epochs=int(epochs),
             batch_size=int(batch_size),
             save_every_epochs=int(save_every_epochs),
+            max_steps=int(max_steps or 0),
             use_pretrained=bool(use_pretrained),
             use_diffusion=bool(use_diffusion),
             use_distillation=bool(use_distillation),
+            diffusion_epochs=int(diffusion_epochs),
+            diffusion_max_steps=int(diffusion_max_steps or 0),
+            distill_epochs=int(distill_epochs),
+            distill_max_steps=int(distill_max_steps or 0),
+            workers=int(workers),
+            use_report=bool(use_report),
         )
         active = self.store.active_job(form.experiment)
         if active is not None:
@@ -1015,9 +718,16 @@ class Studio:
                 f"experiment {form.experiment!r} already has job #{active.id} "
                 f"({active.kind}, {active.state}); wait for it or cancel it first"
             )
-        needs_data = stage in ("prepare", "run_all")
+        needs_data = stage in STAGES_NEEDING_DATA
         dataset = self._dataset_sources(form.experiment, uploads, folder) if needs_data else []
-        params = train_params_from_ui(stage, self.paths, form, dataset)
+        params = train_params_from_ui(
+            stage,
+            form,
+            dataset,
+            work_dir=self.paths.work_dir(form.experiment),
+            models_dir=self.paths.models_dir,
+            pretrained_dir=self.paths.pretrained_dir,
+        )
         job_id = self.store.create_job(form.experiment, stage, params)
         self.workers.add(start_job(self.store, job_id, target=TRAIN_TARGETS[stage]))
         jobs = self.store.list_jobs()
@@ -1063,8 +773,18 @@ class Studio:
         return gr.update(choices=job_choices(jobs), value=shown), jobs_table(jobs)
 
     @ui_errors
-    def pretrained_status(self, sample_rate: str, version: str, use_f0: bool) -> str:
-        return pretrained_status_markdown(self.paths.pretrained_dir, sample_rate, version, use_f0)
+    def pretrained_status(
+        self,
+        sample_rate: str,
+        version: str,
+        use_f0: bool,
+        size: str = "full",
+        use_pretrained: bool = True,
+        f0_method: str = "auto",
+    ) -> str:
+        return pretrained_status_markdown(
+            self.paths.pretrained_dir, sample_rate, version, use_f0, size, use_pretrained, f0_method
+        )
 
     @ui_errors
     def selftest(self, steps: float) -> tuple[int, str]:
@@ -1118,7 +838,7 @@ class Studio:
 def _convert_tab(demo: gr.Blocks, studio: Studio) -> None:
     initial = studio.entries()
     names = [e.name for e in initial]
-    with gr.Tab("Convert"), gr.Row(equal_height=False):
+    with gr.Tab("Convert") as tab, gr.Row(equal_height=False):
         with gr.Column(scale=1, min_width=320):
             with gr.Row():
                 model = gr.Dropdown(
@@ -1127,16 +847,26 @@ def _convert_tab(demo: gr.Blocks, studio: Studio) -> None:
                     label="Voice model",
                     allow_custom_value=True,
                     scale=4,
+                    elem_id="convert-model",
                 )
-                refresh = gr.Button("Refresh", scale=1, min_width=80)
-            model_info = gr.Markdown(model_info_markdown(initial[0] if initial else None))
-            single = gr.Audio(
-                sources=["upload", "microphone"], type="filepath", label="Input (upload or record)"
+                refresh = gr.Button("Refresh", scale=1, min_width=80, elem_id="convert-refresh")
+            model_info = gr.Markdown(
+                model_info_markdown(initial[0] if initial else None), elem_id="convert-model-info"
             )
-            batch = gr.File(file_count="multiple", label="Or several files at once (batch)")
+            single = gr.Audio(
+                sources=["upload", "microphone"],
+                type="filepath",
+                label="Input (upload or record)",
+                elem_id="convert-single",
+            )
+            batch = gr.File(
+                file_count="multiple", label="Or several files at once (batch)", elem_id="convert-batch"
+            )
             with gr.Row():
                 pitch = gr.Slider(-24, 24, value=0, step=1, label="Pitch shift (semitones)")
-                f0_method = gr.Dropdown(list(F0_METHOD_CHOICES), value="auto", label="F0 method")
+                f0_method = gr.Dropdown(
+                    list(F0_METHOD_CHOICES), value="auto", label="F0 method", elem_id="convert-f0"
+                )
             with gr.Accordion("Index, mixing and output", open=False):
                 index_choice = gr.Dropdown(
                     index_choices(initial, studio.paths.models_dir),
@@ -1154,18 +884,39 @@ def _convert_tab(demo: gr.Blocks, studio: Studio) -> None:
                     output_rate = gr.Dropdown(list(OUTPUT_RATE_CHOICES), value="model", label="Output rate")
                     speaker_id = gr.Number(0, precision=0, minimum=0, label="Speaker id")
                     device = gr.Dropdown(list(DEVICE_CHOICES), value="auto", label="Device")
-            with gr.Accordion("Diffusion refinement", open=False):
-                sampler = gr.Radio(list(SAMPLER_CHOICES), value="off", label="Sampler")
+            with gr.Accordion("Diffusion refinement (models with a diffusion head)", open=False):
+                sampler = gr.Radio(
+                    list(SAMPLER_CHOICES),
+                    value="off",
+                    label="Sampler (ddpm/ddim: teacher head · lcm: distilled head, 1-4 steps)",
+                    elem_id="convert-sampler",
+                )
                 with gr.Row():
-                    steps = gr.Slider(1, 50, value=4, step=1, label="Steps (LCM: 1-4)")
-                    guidance = gr.Slider(0, 10, value=1.0, step=0.1, label="Guidance weight")
-                    refine_start = gr.Slider(0, 1, value=0.5, step=0.05, label="Refine start")
+                    steps = gr.Slider(1, 100, value=4, step=1, label="Steps")
+                    guidance = gr.Slider(0, 20, value=0.0, step=0.1, label="Guidance weight")
+                with gr.Row():
+                    refine_start = gr.Radio(
+                        list(REFINE_START_CHOICES),
+                        value="shallow",
+                        label="Start from (shallow: the VITS latent, noise: pure noise)",
+                    )
+                    refine_strength = gr.Slider(0.05, 1, value=0.5, step=0.05, label="Refine strength")
             with gr.Row():
-                convert_btn = gr.Button("Convert", variant="primary")
+                convert_btn = gr.Button("Convert", variant="primary", elem_id="convert-button")
                 cancel_btn = gr.Button("Cancel")
         with gr.Column(scale=1, min_width=320):
-            out_audio = gr.Audio(type="filepath", label="Result", interactive=False, buttons=["download"])
-            out_files = gr.File(label="Download (several files come as one zip)", file_count="multiple")
+            out_audio = gr.Audio(
+                type="filepath",
+                label="Result",
+                interactive=False,
+                buttons=["download"],
+                elem_id="convert-result",
+            )
+            out_files = gr.File(
+                label="Download (several files come as one zip)",
+                file_count="multiple",
+                elem_id="convert-files",
+            )
             f0_plot = gr.LinePlot(
                 f0_plot_frame(None, None),
                 x="time_s",
@@ -1176,14 +927,21 @@ def _convert_tab(demo: gr.Blocks, studio: Studio) -> None:
                 y_title="F0 (Hz)",
                 height=260,
             )
-            status = gr.Markdown(elem_classes="timbre-status")
+            status = gr.Markdown(elem_classes="timbre-status", elem_id="convert-status")
 
     refresh.click(studio.refresh_models, model, [model, index_choice, model_info], api_name="refresh_models")
     model.change(studio.model_info, model, model_info, api_name="model_info")
-    demo.load(studio.refresh_models, model, [model, index_choice, model_info], api_visibility="private")
+    gr.on(
+        [demo.load, tab.select],
+        studio.refresh_models,
+        model,
+        [model, index_choice, model_info],
+        api_visibility="private",
+        show_progress="hidden",
+    )
     inputs = [
         model, index_choice, single, batch, pitch, f0_method, index_rate, filter_radius, rms_mix_rate,
-        protect, output_rate, speaker_id, sampler, steps, guidance, refine_start, device,
+        protect, output_rate, speaker_id, sampler, steps, guidance, refine_start, refine_strength, device,
     ]  # fmt: skip
     event = convert_btn.click(
         studio.convert,
@@ -1202,14 +960,33 @@ def _train_tab(demo: gr.Blocks, studio: Studio) -> None:
     with gr.Tab("Train"):
         with gr.Row(equal_height=False):
             with gr.Column(scale=1, min_width=320):
-                experiment = gr.Textbox(label="Experiment name", placeholder="e.g. alice_v2", max_lines=1)
+                experiment = gr.Textbox(
+                    label="Experiment name (becomes the model's name)",
+                    placeholder="e.g. alice_v2",
+                    max_lines=1,
+                    elem_id="train-experiment",
+                )
                 with gr.Row():
                     rate = gr.Radio(list(TRAIN_SAMPLE_RATES), value="40000", label="Sample rate")
                     version = gr.Radio(list(TRAIN_VERSIONS), value="v2", label="Version")
+                with gr.Row():
+                    size = gr.Radio(
+                        TRAIN_SIZE_CHOICES, value="full", label="Model size", elem_id="train-size"
+                    )
                     use_f0 = gr.Checkbox(value=True, label="Pitch (f0)")
-                uploads = gr.File(file_count="multiple", label="Dataset: audio files or a .zip")
+                uploads = gr.File(
+                    file_count="multiple", label="Dataset: audio files or a .zip", elem_id="train-uploads"
+                )
                 folder = gr.Textbox(label="...or a folder on the server", max_lines=1)
-                with gr.Accordion("Slicing, F0 and training options", open=False):
+                with gr.Row():
+                    use_diffusion = gr.Checkbox(value=False, label="Train a diffusion head")
+                    use_distillation = gr.Checkbox(value=False, label="Distil it for LCM (1-4 steps)")
+                    use_report = gr.Checkbox(
+                        value=True,
+                        label="Report card (hold out clips, score checkpoints)",
+                        elem_id="train-report-card",
+                    )
+                with gr.Accordion("Slicing and F0", open=False, elem_id="train-slicing"):
                     with gr.Row():
                         slice_mode = gr.Dropdown(list(SLICE_MODES), value="auto", label="Slicing")
                         use_norm = gr.Checkbox(value=True, label="Normalise loudness")
@@ -1217,40 +994,82 @@ def _train_tab(demo: gr.Blocks, studio: Studio) -> None:
                         threshold_db = gr.Slider(-80, -10, value=-42, step=1, label="Silence threshold (dB)")
                         segment_s = gr.Slider(1.0, 10.0, value=3.7, step=0.1, label="Segment length (s)")
                     f0_method = gr.Dropdown(
-                        list(TRAIN_F0_METHOD_CHOICES), value="rmvpe", label="F0 method for extraction"
+                        list(TRAIN_F0_METHOD_CHOICES),
+                        value="auto",
+                        label="F0 method for extraction (auto: rmvpe if present, else fcpe)",
+                        elem_id="train-f0",
+                    )
+                with gr.Accordion("Schedule and step limits", open=False, elem_id="train-schedule"):
+                    with gr.Row():
+                        epochs = gr.Slider(1, 1000, value=20, step=1, label="Epochs", elem_id="train-epochs")
+                        batch_size = gr.Slider(
+                            1, 64, value=8, step=1, label="Batch size", elem_id="train-batch"
+                        )
+                    with gr.Row():
+                        save_every = gr.Slider(1, 100, value=5, step=1, label="Save every N epochs")
+                        max_steps = gr.Number(
+                            0,
+                            precision=0,
+                            minimum=0,
+                            label="Max steps (0 = no limit)",
+                            elem_id="train-max-steps",
+                        )
+                    use_pretrained = gr.Checkbox(
+                        value=True, label="Start from the pretrained base (full size)"
                     )
                     with gr.Row():
-                        epochs = gr.Slider(1, 1000, value=20, step=1, label="Epochs")
-                        batch_size = gr.Slider(1, 64, value=8, step=1, label="Batch size")
-                        save_every = gr.Slider(1, 100, value=5, step=1, label="Save every N epochs")
-                    use_pretrained = gr.Checkbox(value=True, label="Start from the pretrained base")
-                    pretrained_md = gr.Markdown()
+                        diffusion_epochs = gr.Slider(1, 500, value=20, step=1, label="Diffusion epochs")
+                        diffusion_max_steps = gr.Number(
+                            0, precision=0, minimum=0, label="Diffusion max steps", elem_id="train-diff-steps"
+                        )
                     with gr.Row():
-                        use_diffusion = gr.Checkbox(value=False, label="Train a diffusion head")
-                        use_distillation = gr.Checkbox(value=False, label="Distil it for LCM (1-4 steps)")
-                with gr.Row():
+                        distill_epochs = gr.Slider(1, 500, value=10, step=1, label="Distillation epochs")
+                        distill_max_steps = gr.Number(
+                            0,
+                            precision=0,
+                            minimum=0,
+                            label="Distillation max steps",
+                            elem_id="train-lcm-steps",
+                        )
+                    workers = gr.Slider(
+                        1,
+                        MAX_WORKERS,
+                        value=min(2, os.cpu_count() or 1),
+                        step=1,
+                        label="Processes for slicing and F0",
+                        elem_id="train-workers",
+                    )
+                pretrained_md = gr.Markdown(elem_classes="timbre-status", elem_id="train-pretrained")
+                with gr.Row(elem_classes="timbre-stage-buttons"):
                     buttons = {
-                        "prepare": gr.Button("1 Prepare", min_width=90),
-                        "extract": gr.Button("2 Extract", min_width=90),
-                        "fit": gr.Button("3 Train", min_width=90),
-                        "index": gr.Button("4 Index", min_width=90),
-                        "export": gr.Button("5 Export", min_width=90),
+                        stage: gr.Button(label, min_width=88, size="sm")
+                        for stage, label in STAGE_BUTTON_LABELS.items()
                     }
-                buttons["run_all"] = gr.Button("Run all", variant="primary")
+                buttons[RUN_ALL] = gr.Button("Run all", variant="primary", elem_id="train-run-all")
             with gr.Column(scale=1, min_width=320):
                 with gr.Row():
-                    job_pick = gr.Dropdown([], value=None, label="Job", allow_custom_value=True, scale=4)
+                    job_pick = gr.Dropdown(
+                        [], value=None, label="Job", allow_custom_value=True, scale=4, elem_id="train-job"
+                    )
                     refresh_jobs = gr.Button("Refresh", scale=1, min_width=80)
-                job_md = gr.Markdown(job_status_markdown(None), elem_classes="timbre-status")
+                job_md = gr.Markdown(
+                    job_status_markdown(None), elem_classes="timbre-status", elem_id="train-job-status"
+                )
                 with gr.Row():
-                    cancel_btn = gr.Button("Cancel job", elem_classes="timbre-danger")
-                    resume_btn = gr.Button("Resume")
+                    cancel_btn = gr.Button("Cancel job", elem_classes="timbre-danger", elem_id="train-cancel")
+                    resume_btn = gr.Button("Resume", elem_id="train-resume")
                 loss_plot = gr.LinePlot(
                     metrics_frame([]), x="step", y="value", color="metric", title="Losses", height=240
                 )
-                log_box = gr.Textbox(label="Last log lines", lines=8, max_lines=8, elem_classes="timbre-log")
-                with gr.Accordion("Dataset report", open=False):
-                    report_md = gr.Markdown()
+                log_box = gr.Textbox(
+                    label="Last log lines",
+                    lines=8,
+                    max_lines=8,
+                    elem_classes="timbre-log",
+                    elem_id="train-log",
+                )
+                with gr.Accordion("Dataset report", open=True):
+                    report_md = gr.Markdown(elem_id="train-report")
         jobs_df = gr.Dataframe(
             headers=JOB_TABLE_HEADERS,
             label="Jobs (click a row to show it)",
@@ -1259,10 +1078,13 @@ def _train_tab(demo: gr.Blocks, studio: Studio) -> None:
             max_height=260,
             elem_classes="timbre-table",
         )
+        timer = gr.Timer(POLL_INTERVAL_S)  # inside the tab: a bare component in gr.Tabs confuses its tab bar
 
     inputs = [
-        experiment, rate, version, use_f0, uploads, folder, slice_mode, use_norm, threshold_db, segment_s,
-        f0_method, epochs, batch_size, save_every, use_pretrained, use_diffusion, use_distillation,
+        experiment, rate, version, use_f0, size, uploads, folder, use_diffusion, use_distillation,
+        slice_mode, use_norm, threshold_db, segment_s, f0_method, epochs, batch_size, save_every, max_steps,
+        use_pretrained, diffusion_epochs, diffusion_max_steps, distill_epochs, distill_max_steps, workers,
+        use_report,
     ]  # fmt: skip
     view = [job_md, loss_plot, log_box, report_md]
     for stage, button in buttons.items():
@@ -1273,10 +1095,11 @@ def _train_tab(demo: gr.Blocks, studio: Studio) -> None:
             api_name=f"train_{stage}",
             concurrency_limit=1,
             concurrency_id="train_start",
+            show_progress="hidden",  # the job's own status shows progress; errors come as a toast
         )
-    pretrained_inputs = [rate, version, use_f0]
+    pretrained_inputs = [rate, version, use_f0, size, use_pretrained, f0_method]
     gr.on(
-        [rate.change, version.change, use_f0.change],
+        [c.change for c in pretrained_inputs],
         studio.pretrained_status,
         pretrained_inputs,
         pretrained_md,
@@ -1287,7 +1110,6 @@ def _train_tab(demo: gr.Blocks, studio: Studio) -> None:
     cancel_btn.click(studio.cancel_job, job_pick, job_md, api_name="cancel_job")
     resume_btn.click(studio.resume_job, job_pick, job_md, api_name="resume_job")
     jobs_df.select(studio.select_job, None, job_pick, api_visibility="private")
-    timer = gr.Timer(POLL_INTERVAL_S)
     timer.tick(studio.poll, job_pick, [*view, jobs_df], api_visibility="private", show_progress="hidden")
     demo.load(studio.page_load, None, [job_pick, jobs_df], api_visibility="private")
     demo.load(studio.pretrained_status, pretrained_inputs, pretrained_md, api_visibility="private")
@@ -1295,7 +1117,7 @@ def _train_tab(demo: gr.Blocks, studio: Studio) -> None:
 
 def _models_tab(demo: gr.Blocks, studio: Studio) -> None:
     initial = studio.entries()
-    with gr.Tab("Models"):
+    with gr.Tab("Models") as tab:
         table = gr.Dataframe(
             models_table(initial),
             headers=MODEL_TABLE_HEADERS,
@@ -1308,11 +1130,15 @@ def _models_tab(demo: gr.Blocks, studio: Studio) -> None:
         with gr.Row(equal_height=False):
             with gr.Column(min_width=300):
                 pick = gr.Dropdown(
-                    [e.name for e in initial], value=None, label="Model", allow_custom_value=True
+                    [e.name for e in initial],
+                    value=None,
+                    label="Model",
+                    allow_custom_value=True,
+                    elem_id="models-pick",
                 )
                 refresh = gr.Button("Refresh list")
-                export_btn = gr.Button("Download as zip")
-                export_file = gr.File(label="Model zip", interactive=False)
+                export_btn = gr.Button("Download as zip", elem_id="models-export")
+                export_file = gr.File(label="Model zip", interactive=False, elem_id="models-zip")
             with gr.Column(min_width=300):
                 new_name = gr.Textbox(label="New name", max_lines=1)
                 rename_btn = gr.Button("Rename")
@@ -1320,21 +1146,35 @@ def _models_tab(demo: gr.Blocks, studio: Studio) -> None:
                 delete_btn = gr.Button("Delete", elem_classes="timbre-danger")
             with gr.Column(min_width=300):
                 import_files = gr.File(
-                    file_count="multiple", label="Import: a model .zip, or .pth (+ .index)"
+                    file_count="multiple",
+                    label="Import: a model .zip, or a .pth (+ .index)",
+                    elem_id="models-import-files",
                 )
-                import_name = gr.Textbox(label="Name for an imported .pth (optional)", max_lines=1)
-                import_btn = gr.Button("Import")
-        status = gr.Markdown(elem_classes="timbre-status")
+                import_name = gr.Textbox(
+                    label="Name (optional: default is the zip's model name or the .pth's)", max_lines=1
+                )
+                overwrite = gr.Checkbox(value=False, label="Replace a model of the same name")
+                import_btn = gr.Button("Import", elem_id="models-import")
+        status = gr.Markdown(elem_classes="timbre-status", elem_id="models-status")
 
     changed = [table, pick, status]
     refresh.click(studio.list_models, None, table, api_name="list_models").then(
         studio.model_choices, pick, pick, api_visibility="private"
     )
-    demo.load(studio.list_models, None, table, api_visibility="private")
+    gr.on(
+        [demo.load, tab.select],
+        studio.list_models,
+        None,
+        table,
+        api_visibility="private",
+        show_progress="hidden",
+    ).then(studio.model_choices, pick, pick, api_visibility="private", show_progress="hidden")
     rename_btn.click(studio.rename_model, [pick, new_name], changed, api_name="rename_model")
     delete_btn.click(studio.delete_model, [pick, confirm], changed, api_name="delete_model")
     export_btn.click(studio.export_model, pick, [export_file, status], api_name="export_model")
-    import_btn.click(studio.import_model, [import_files, import_name], changed, api_name="import_model")
+    import_btn.click(
+        studio.import_model, [import_files, import_name, overwrite], changed, api_name="import_model"
+    )
 
 
 def _assets_tab(demo: gr.Blocks, studio: Studio) -> None:
@@ -1462,9 +1302,15 @@ def launch(
     auth: list[tuple[str, str]] | None = None,
     prevent_thread_lock: bool = False,
     quiet: bool = False,
+    data_dir: Path | None = None,
 ) -> Any:
-    """Queue settings and launch options shared by ``main`` and the tests."""
+    """Queue settings and launch options shared by ``main`` and the tests.
+
+    ``data_dir``'s outputs and exports folders are the only extra folders the page may download
+    from (besides Gradio's defaults: its cache, the working directory and the temp folder).
+    """
     warn_if_exposed(host, auth)
+    allowed = [] if data_dir is None else [str(Path(data_dir) / "outputs"), str(Path(data_dir) / "exports")]
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     return demo.launch(
         server_name=host,
@@ -1479,6 +1325,7 @@ def launch(
         theme=gr.themes.Soft(),
         css_paths=[CSS_PATH],
         footer_links=["api", "settings"],
+        allowed_paths=allowed,
     )
 
 
@@ -1510,12 +1357,13 @@ def main(argv: list[str] | None = None) -> int:
             auth = read_auth_file(args.auth_file)
     except (ValueError, OSError) as exc:
         parser.error(str(exc))
+    data_dir = resolve_data_dir(args.data_dir)
     demo = build_app(
         resolve_models_dir(args.models_dir),
-        resolve_data_dir(args.data_dir),
+        data_dir,
         Path(args.pretrained_dir).expanduser() if args.pretrained_dir else None,
     )
-    launch(demo, host=args.host, port=args.port, auth=auth)
+    launch(demo, host=args.host, port=args.port, auth=auth, data_dir=data_dir)
     return 0
 
 

@@ -1,7 +1,7 @@
-"""The studio: pure helpers, and the real app on 127.0.0.1 driven through gradio_client.
+"""The studio: pure helpers (train.studio, app), and the real app on 127.0.0.1 via gradio_client.
 
-Only what works without voice models is exercised here (listing, error paths, jobs, assets);
-conversions of real audio are covered where the models are.
+Only what needs no training is exercised here (listing, imports, error paths, jobs, assets);
+training, conversion and zip round trips through the running app are in test_app_e2e.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ from gradio_client.exceptions import AppError, AuthenticationError
 
 import app
 from infer.catalog import ModelEntry
-from infer.errors import AudioDecodeError, Cancelled
+from infer.errors import AudioDecodeError, Cancelled, TimbreError
+from tests.fakes import tiny_synth_config, write_voice_model
+from train import studio as glue
+from train.jobs import Job
+from train.pipeline import TrainSettings
 
 # Gradio's queue uses pandas options that pandas 3 deprecates; not this project's code.
 pytestmark = [
@@ -35,20 +39,52 @@ pytestmark = [
 ]
 EXPECTED_API_NAMES = {
     "/refresh_models", "/model_info", "/convert", "/cancel_convert", "/train_prepare", "/train_extract",
-    "/train_fit", "/train_index", "/train_export", "/train_run_all", "/pretrained_status", "/list_jobs",
+    "/train_fit", "/train_index", "/train_diffusion", "/train_distill", "/train_report",
+    "/train_export", "/train_run_all",
+    "/pretrained_status", "/list_jobs",
     "/job_status", "/cancel_job", "/resume_job", "/list_models", "/rename_model", "/delete_model",
     "/export_model", "/import_model", "/asset_status", "/download_asset", "/cancel_download", "/device_info",
     "/jobs_selftest",
 }  # fmt: skip
-CONVERT_DEFAULTS = [0, "auto", 0.75, 3, 0.25, 0.33, "model", 0, "off", 4, 1.0, 0.5, "cpu"]
-TRAIN_DEFAULTS = ["auto", True, -42, 3.7, "rmvpe", 2, 4, 1, True, False, False]
+CONVERT_DEFAULTS = [0, "auto", 0.75, 3, 0.25, 0.33, "model", 0, "off", 4, 0.0, "shallow", 0.5, "cpu"]
+# The Train tab's inputs after (experiment, rate, version, use_f0, size, uploads, folder), in order.
+TRAIN_FIELDS = {
+    "use_diffusion": False,
+    "use_distillation": False,
+    "slice_mode": "auto",
+    "use_normalization": True,
+    "threshold_db": -42,
+    "segment_s": 3.7,
+    "f0_method": "pm",
+    "epochs": 2,
+    "batch_size": 2,
+    "save_every_epochs": 1,
+    "max_steps": 4,
+    "use_pretrained": True,
+    "diffusion_epochs": 20,
+    "diffusion_max_steps": 0,
+    "distill_epochs": 10,
+    "distill_max_steps": 0,
+    "workers": 1,
+    "use_report": False,
+}
+
+
+def train_args(experiment: str, uploads: list, *, size: str = "tiny", **overrides: object) -> list:
+    """Positional inputs of the /train_* endpoints (a tiny, few-step run unless overridden)."""
+    unknown = set(overrides) - set(TRAIN_FIELDS)
+    assert not unknown, f"unknown train fields {unknown}"
+    fields = {**TRAIN_FIELDS, **overrides}
+    return [experiment, "40000", "v2", True, size, uploads, "", *fields.values()]
 
 
 # ---- pure helpers --------------------------------------------------------------------------
 
 
 def test_convert_params_mapping() -> None:
-    params = app.convert_params_from_ui(2, "auto", 0.5, 3, 0.25, 0.33, "model", 0, "off", 4, 1.0, 0.5)
+    params = glue.convert_params_from_ui(
+        2, "auto", 0.5, 3, 0.25, 0.33, "model", 0, "off", 4, 1.0, "noise", 0.5
+    )
     assert params == {
         "pitch_shift_semitones": 2.0,
         "f0_method": None,
@@ -59,23 +95,131 @@ def test_convert_params_mapping() -> None:
         "output_sample_rate": 0,
         "speaker_id": 0,
     }
-    params = app.convert_params_from_ui(0, "rmvpe", 0.5, 3, 0.25, 0.33, "48000", 1, "ddim", 20, 2.0, 0.3)
+    params = glue.convert_params_from_ui(
+        0, "rmvpe", 0.5, 3, 0.25, 0.33, "48000", 1, "ddim", 20, 2.0, "noise", 0.3
+    )
     assert (params["f0_method"], params["output_sample_rate"], params["speaker_id"]) == ("rmvpe", 48000, 1)
     assert (params["sampler"], params["diffusion_steps"], params["guidance_weight"]) == ("ddim", 20, 2.0)
-    with pytest.raises(app.StudioError, match="LCM sampler takes 1 to 4 steps"):
-        app.convert_params_from_ui(0, "rmvpe", 0.5, 3, 0.25, 0.33, "model", 0, "lcm", 8, 1.0, 0.5)
-    with pytest.raises(app.StudioError, match="unknown F0 method"):
-        app.convert_params_from_ui(0, "yin", 0.5, 3, 0.25, 0.33, "model", 0, "off", 4, 1.0, 0.5)
+    assert (params["refine_start"], params["refine_strength"]) == ("noise", 0.3)
+    with pytest.raises(glue.StudioError, match="LCM sampler takes 1 to 4 steps"):
+        glue.convert_params_from_ui(0, "rmvpe", 0.5, 3, 0.25, 0.33, "model", 0, "lcm", 8, 1.0, "shallow", 0.5)
+    with pytest.raises(glue.StudioError, match="refine start must be one of shallow, noise"):
+        glue.convert_params_from_ui(0, "rmvpe", 0.5, 3, 0.25, 0.33, "model", 0, "ddim", 8, 1.0, "deep", 0.5)
+    with pytest.raises(glue.StudioError, match="unknown F0 method"):
+        glue.convert_params_from_ui(0, "yin", 0.5, 3, 0.25, 0.33, "model", 0, "off", 4, 1.0, "shallow", 0.5)
+
+
+def test_convert_params_are_accepted_by_the_library() -> None:
+    from infer.pipeline import ConvertParams
+
+    params = glue.convert_params_from_ui(-3, "pm", 0.6, 3, 0.2, 0.3, "44100", 0, "lcm", 2, 1.5, "noise", 0.8)
+    converted = ConvertParams.from_dict(params)
+    assert (converted.sampler, converted.diffusion_steps, converted.refine_start) == ("lcm", 2, "noise")
+    assert (converted.guidance_weight, converted.refine_strength) == (1.5, 0.8)
+    assert (converted.pitch_shift_semitones, converted.output_sample_rate) == (-3.0, 44100)
+
+
+def _form(**overrides: object) -> glue.TrainForm:
+    values = {
+        "experiment": "ann", "sample_rate": 40000, "version": "v2", "use_f0": True, "size": "tiny",
+        "slice_mode": "auto", "use_normalization": True, "threshold_db": -42.0, "segment_s": 3.7,
+        "f0_method": "auto", "epochs": 3, "batch_size": 2, "save_every_epochs": 1, "max_steps": 8,
+        "use_pretrained": True, "use_diffusion": True, "use_distillation": True, "diffusion_epochs": 4,
+        "diffusion_max_steps": 6, "distill_epochs": 2, "distill_max_steps": 3, "workers": 1,
+    }  # fmt: skip
+    return glue.TrainForm(**{**values, **overrides})
+
+
+def test_train_params_become_train_settings(tmp_path: Path) -> None:
+    dataset = [tmp_path / "uploads" / "a.wav"]
+    params = glue.train_params_from_ui(
+        "run_all", _form(), dataset, work_dir=tmp_path / "exp" / "ann", models_dir=tmp_path / "models",
+        pretrained_dir=tmp_path / "pre",
+    )  # fmt: skip
+    assert (params["stage"], params["experiment"]) == ("run_all", "ann")
+    # What train.pipeline.run_stage does with the job params:
+    values = {k: v for k, v in params.items() if k not in ("stage", "experiment")}
+    settings = TrainSettings.from_dict({**values, "name": params["experiment"]})
+    assert settings.name == "ann" and settings.work_dir == tmp_path / "exp" / "ann"
+    assert settings.dataset == (str(dataset[0]),) and settings.pretrained_dir == tmp_path / "pre"
+    assert (settings.size, settings.max_steps, settings.f0_method, settings.workers) == ("tiny", 8, None, 1)
+    assert settings.use_pretrained is False  # a tiny model has no pretrained base
+    assert (settings.use_diffusion, settings.diffusion_max_steps, settings.distill_max_steps) == (True, 6, 3)
+    assert settings.slice.segment_s == 3.7 and settings.slice.mode == "auto"
+    full = glue.train_params_from_ui(
+        "fit", _form(size="full", f0_method="rmvpe"), [], work_dir=tmp_path, models_dir=tmp_path,
+        pretrained_dir=tmp_path,
+    )  # fmt: skip
+    assert (full["use_pretrained"], full["f0_method"], full["dataset"]) == (True, "rmvpe", [])
+    with pytest.raises(glue.StudioError, match="unknown training stage"):
+        glue.train_params_from_ui("polish", _form(), [], work_dir=tmp_path, models_dir=tmp_path,
+                                  pretrained_dir=tmp_path)  # fmt: skip
+
+
+def test_train_form_rejects_bad_settings() -> None:
+    with pytest.raises(glue.StudioError, match="distillation needs the diffusion head"):
+        _form(use_diffusion=False)
+    with pytest.raises(glue.StudioError, match="model size"):
+        _form(size="huge")
+    with pytest.raises(glue.StudioError, match="step limits"):
+        _form(max_steps=-1)
+    with pytest.raises(glue.StudioError, match="processes must be 1 to 16"):
+        _form(workers=0)
+    with pytest.raises(TimbreError, match="slashes"):
+        _form(experiment="../x")
+
+
+def _job(**overrides: object) -> Job:
+    values = {
+        "id": 7, "experiment": "ann", "kind": "run_all", "target": "train.pipeline:run_stage", "params": {},
+        "state": "running", "stage": "fit: epoch 1/2, step 3/8", "fraction": 0.45, "eta_s": 75.0,
+        "message": "", "pid": 1, "is_cancel_requested": False, "attempts": 1, "error": None,
+        "created_at": 100.0, "updated_at": 130.0, "started_at": 101.0, "finished_at": None,
+    }  # fmt: skip
+    return Job(**{**values, **overrides})
+
+
+def test_job_status_and_table() -> None:
+    text = glue.job_status_markdown(_job())
+    assert "**#7 ann** · run_all · **running**" in text
+    assert "fit: epoch 1/2, step 3/8 · 45.0%" in text
+    assert "`█████████░░░░░░░░░░░ 45%` · ETA 1 min 15 s" in text
+    text = glue.job_status_markdown(_job(state="interrupted", error="the worker process stopped"))
+    assert "**interrupted**" in text and "the worker process stopped" in text and "Press **Resume**" in text
+    assert "Resume" not in glue.job_status_markdown(_job(state="done", fraction=1.0))
+    rows = glue.jobs_table([_job(), _job(id=6, state="done", fraction=1.0)], now=190.0)
+    assert rows[0] == [7, "ann", "run_all", "running", "45%", "1 min 15 s", "1 min 00 s ago"]
+    assert rows[1][3:6] == ["done", "100%", ""]
+    assert glue.job_choices([_job()]) == [("#7 ann · run_all · running", 7)]
+    assert glue.progress_bar(0.0, cells=4) == "░░░░ 0%" and glue.progress_bar(1.0, cells=4) == "████ 100%"
+
+
+def test_pretrained_status_says_what_is_missing(tmp_path: Path) -> None:
+    from infer.content.whisper import has_whisper_package
+
+    text = glue.pretrained_status_markdown(tmp_path, "40000", "v2", True, "full", True, "rmvpe")
+    assert (
+        "`hubert_base.pt`: **missing** · download with `python -m infer assets download hubert_base.pt`"
+        in (text)
+    )
+    assert "feature extraction cannot run without it" in text
+    assert "`rmvpe.pt`: **missing**" in text and "`pretrained_v2/f0G40k.pth`: **missing**" in text
+    assert ("whisper-tiny-en" in text) == has_whisper_package()
+    (tmp_path / "hubert_base.pt").write_bytes(b"x" * 1000)
+    text = glue.pretrained_status_markdown(tmp_path, "40000", "v2", True, "tiny", True, "auto")
+    assert "`hubert_base.pt`: **bad_size** (1.0 kB on disk, 189.5 MB expected)" in text
+    assert "F0 'auto' uses fcpe" in text and "tiny model: trains from scratch" in text
+    assert "pretrained_v2" not in text and "whisper" not in text
 
 
 def test_check_audio_inputs(tmp_path: Path) -> None:
     (tmp_path / "a.wav").write_bytes(b"RIFF")
     (tmp_path / "empty.wav").write_bytes(b"")
-    assert app.check_audio_inputs([None, str(tmp_path / "a.wav")]) == [tmp_path / "a.wav"]
+    assert glue.check_audio_inputs([None, str(tmp_path / "a.wav")]) == [tmp_path / "a.wav"]
     with pytest.raises(AudioDecodeError, match="no audio given"):
-        app.check_audio_inputs([None])
+        glue.check_audio_inputs([None])
     with pytest.raises(AudioDecodeError, match=r"empty\.wav is empty \(0 bytes\)"):
-        app.check_audio_inputs([str(tmp_path / "a.wav"), str(tmp_path / "empty.wav")])
+        glue.check_audio_inputs([str(tmp_path / "a.wav"), str(tmp_path / "empty.wav")])
 
 
 def test_f0_plot_frame_drops_unvoiced_and_thins() -> None:
@@ -91,16 +235,16 @@ def test_f0_plot_frame_drops_unvoiced_and_thins() -> None:
 
 
 def test_metrics_frame_and_formatting() -> None:
-    rows = [(step, {"loss_mel": 10.0 - step, "loss_kl": None}) for step in range(10)]
+    rows = [(step, {"loss_mel": 10.0 - step, "loss_kl": None, "lr": 1e-4}) for step in range(10)]
     frame = app.metrics_frame(rows, max_points=4)
     assert frame.step.tolist() == [0, 3, 6, 9] and set(frame.metric) == {"loss_mel"}
     assert frame.value.tolist() == [10.0, 7.0, 4.0, 1.0]
-    assert app.format_eta(None) == "estimating..."
-    assert app.format_eta(42.4) == "42 s"
-    assert app.format_eta(125) == "2 min 05 s"
-    assert app.format_eta(7260) == "2 h 01 min"
-    assert app.format_bytes(999) == "999 B"
-    assert app.format_bytes(12_345_678) == "12.3 MB"
+    assert glue.format_eta(None) == "estimating..."
+    assert glue.format_eta(42.4) == "42 s"
+    assert glue.format_eta(125) == "2 min 05 s"
+    assert glue.format_eta(7260) == "2 h 01 min"
+    assert glue.format_bytes(999) == "999 B"
+    assert glue.format_bytes(12_345_678) == "12.3 MB"
 
 
 def test_auth_parsing(tmp_path: Path) -> None:
@@ -145,12 +289,6 @@ def test_command_line_arguments(tmp_path: Path) -> None:
         app.build_parser().parse_args(["--auth", "a:b", "--auth-file", str(tmp_path / "f")])
 
 
-def test_missing_export_module_is_a_readable_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "train.export", None)
-    with pytest.raises(app.StudioError, match=r"train\.export is missing"):
-        app._export_module()
-
-
 def test_stage_dataset_uploads(tmp_path: Path) -> None:
     clip = tmp_path / "clip one.wav"
     clip.write_bytes(b"RIFF0000")
@@ -158,15 +296,15 @@ def test_stage_dataset_uploads(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("voice/a.wav", b"RIFFa")
         zf.writestr("voice/notes.txt", b"skip me")
-    staged = app.stage_dataset_uploads([str(clip), str(archive)], tmp_path / "uploads")
+    staged = glue.stage_dataset_uploads([str(clip), str(archive)], tmp_path / "uploads")
     assert staged[0].name == "000_clip_one.wav" and staged[0].read_bytes() == b"RIFF0000"
     assert staged[1].is_dir() and (staged[1] / "voice" / "a.wav").read_bytes() == b"RIFFa"
     assert not (staged[1] / "voice" / "notes.txt").exists()
 
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
-    with pytest.raises(app.StudioError, match=r"empty\.wav is empty"):
-        app.stage_dataset_uploads([str(empty)], tmp_path / "uploads2")
+    with pytest.raises(glue.StudioError, match=r"empty\.wav is empty"):
+        glue.stage_dataset_uploads([str(empty)], tmp_path / "uploads2")
     assert not (tmp_path / "uploads2").exists()
 
 
@@ -314,9 +452,9 @@ def _convert(client: Client, model: str, audio: Path | None) -> tuple:
     return client.predict(model, app.INDEX_AUTO, single, [], *CONVERT_DEFAULTS, api_name="/convert")
 
 
-def _train(client: Client, api_name: str, experiment: str, uploads: list[Path]) -> tuple:
+def _train(client: Client, api_name: str, experiment: str, uploads: list[Path], **fields: object) -> tuple:
     files = [handle_file(str(p)) for p in uploads]
-    return client.predict(experiment, "40000", "v2", True, files, "", *TRAIN_DEFAULTS, api_name=api_name)
+    return client.predict(*train_args(experiment, files, **fields), api_name=api_name)
 
 
 def _wait_job_state(client: Client, job_id: int, states: set[str], timeout_s: float = 20.0) -> str:
@@ -389,21 +527,35 @@ def test_convert_error_paths_keep_the_server_serving(studio: tuple[Client, Path]
 
 def test_import_rename_delete(studio: tuple[Client, Path]) -> None:
     client, root = studio
-    pth = root / "upload" / "carol.pth"
-    pth.parent.mkdir()
-    pth.write_bytes(b"\x01" * 30)
-    index = root / "upload" / "added_carol.index"
-    index.write_bytes(b"\x02" * 5)
-    uploads = [handle_file(str(pth)), handle_file(str(index))]
-    table, picked, status = client.predict(uploads, "", api_name="/import_model")
-    assert "Imported **carol**" in status and picked["value"] == "carol"
-    assert "carol" in {r[0] for r in table["data"]}
-    assert (root / "models" / "carol" / "carol.pth").read_bytes() == b"\x01" * 30
+    pth = write_voice_model(root / "upload" / "carol.pth", tiny_synth_config("v2", 32000), name="carol")
+    table, picked, status = client.predict([handle_file(str(pth))], "", False, api_name="/import_model")
+    assert "Imported **carol**" in status and "32 kHz" in status and picked["value"] == "carol"
+    row = next(r for r in table["data"] if r[0] == "carol")
+    assert row[1:4] == ["32 kHz", "v2", "yes"] and row[6:] == ["no", "no"]
+    assert (root / "models" / "carol" / "carol.pth").read_bytes() == pth.read_bytes()
+    with pytest.raises(AppError, match="carol"):
+        client.predict([handle_file(str(pth))], "", False, api_name="/import_model")  # exists already
+    _, picked, status = client.predict([handle_file(str(pth))], "", True, api_name="/import_model")
+    assert "Imported **carol**" in status
 
+    # The library's checks apply: an empty file, a file that is not a voice model, two models.
     empty = root / "upload" / "void.pth"
     empty.write_bytes(b"")
     with pytest.raises(AppError, match=r"void\.pth is empty"):
-        client.predict([handle_file(str(empty))], "", api_name="/import_model")
+        client.predict([handle_file(str(empty))], "", False, api_name="/import_model")
+    junk = root / "upload" / "junk.pth"
+    junk.write_bytes(b"\x01" * 300)
+    with pytest.raises(AppError, match=r"junk\.pth"):
+        client.predict([handle_file(str(junk))], "", False, api_name="/import_model")
+    with pytest.raises(AppError, match=r"one \.pth with at most one \.index"):
+        client.predict([handle_file(str(pth)), handle_file(str(junk))], "", False, api_name="/import_model")
+    assert not (root / "models" / "junk").exists()
+    evil = root / "upload" / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../evil.pth", pth.read_bytes())
+    with pytest.raises(AppError, match=r"climbs out of the target folder"):
+        client.predict([handle_file(str(evil))], "", False, api_name="/import_model")
+    assert not (root / "evil.pth").exists() and not (root / "models" / "evil").exists()
 
     _, picked, status = client.predict("carol", "caroline", api_name="/rename_model")
     assert picked["value"] == "caroline" and "Renamed **carol** to **caroline**" in status
@@ -422,9 +574,14 @@ def test_assets_and_pretrained_status(studio: tuple[Client, Path]) -> None:
     rows = {row[0]: row for row in table["data"]}
     assert rows["hubert_base.pt"][1] == "missing"
     assert rows["hubert_base.pt"][4] == "python -m infer assets download hubert_base.pt"
-    status = client.predict("40000", "v2", True, api_name="/pretrained_status")
+    status = client.predict("40000", "v2", True, "full", True, "auto", api_name="/pretrained_status")
     assert "pretrained_v2/f0G40k.pth" in status and "pretrained_v2/f0D40k.pth" in status
-    assert "**missing**" in status
+    assert (
+        "`hubert_base.pt`: **missing** · download with `python -m infer assets download hubert_base.pt`"
+        in (status)
+    )
+    status = client.predict("40000", "v2", True, "tiny", True, "pm", api_name="/pretrained_status")
+    assert "pretrained_v2" not in status and "no pretrained base needed" in status
     with pytest.raises(AppError, match="not in the list of choices"):
         client.predict("no_such_file.pt", api_name="/download_asset")
     assert client.predict(api_name="/cancel_download") == "No download is running."
@@ -458,7 +615,15 @@ def test_train_button_runs_a_worker_job(studio: tuple[Client, Path], monkeypatch
     assert "**failed**" in status and "unknown selftest parameter" in status
     params = app.JobStore(root / "data" / app.JOBS_DB_NAME).get_job(job_id).params
     assert params["stage"] == "fit" and params["epochs"] == 2 and params["slice"]["mode"] == "auto"
+    assert (params["size"], params["max_steps"], params["f0_method"], params["workers"]) == (
+        "tiny",
+        4,
+        "pm",
+        1,
+    )
     assert params["work_dir"] == str(root / "data" / "experiments" / "frank")
+    with pytest.raises(AppError, match="distillation needs the diffusion head"):
+        _train(client, "/train_distill", "frank", [], use_distillation=True)
 
 
 def test_selftest_job_progress_and_cancel(studio: tuple[Client, Path]) -> None:
