@@ -1,4 +1,8 @@
-"""Command line: ``python -m train run|prepare|extract|fit|index|diffusion|distill|export|import``."""
+"""Command line: ``python -m train run|prepare|extract|fit|index|diffusion|distill|export|report|import``.
+
+``python -m train report NAME`` makes (or remakes) the report card of a trained experiment and
+exports the model again, so the model folder and the zip carry the new ``report.json``.
+"""
 
 from __future__ import annotations
 
@@ -31,7 +35,11 @@ def _add_settings(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--version", choices=("v1", "v2"), default=d("v2"))
     p.add_argument("--no-f0", dest="use_f0", action="store_false", default=None, help="train without pitch")
     p.add_argument("--f0-method", default=None, help="pm, harvest, crepe, crepe-tiny, fcpe, rmvpe")
-    p.add_argument("--content-encoder", default=d("hubert_base"))
+    p.add_argument(
+        "--content-encoder",
+        default=d("hubert_base"),
+        help="hubert_base, a checkpoint path, or whisper-tiny-en (offline, English-centred, weaker)",
+    )
     p.add_argument("--slicing", choices=("auto", "fixed", "off"), default=None)
     p.add_argument("--no-normalize", dest="use_normalization", action="store_false", default=None)
     p.add_argument("--epochs", type=int, default=d(20))
@@ -48,6 +56,13 @@ def _add_settings(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--distill-max-steps", type=int, default=d(0))
     p.add_argument("--device", default=d("auto"))
     p.add_argument("--workers", type=int, default=d(2))
+    p.add_argument(
+        "--no-report",
+        dest="use_report",
+        action="store_false",
+        default=None,
+        help="hold no clips out and skip the report card",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(stage, help=f"only the {stage} stage (resumable)")
         _add_common(p)
         _add_settings(p, defaults=False)
+    rep = sub.add_parser("report", help="make the report card of a trained experiment, then export again")
+    rep.add_argument("name", help="model / experiment name")
+    rep.add_argument("--models-dir", type=Path, default=None, help="default: $TIMBRE_MODELS_DIR or ./models")
+    rep.add_argument("--data-dir", type=Path, default=None, help="default: $TIMBRE_DATA_DIR or ./data")
+    rep.add_argument("--work-dir", type=Path, default=None, help="default: <data-dir>/experiments/<name>")
+    rep.add_argument("--pretrained-dir", type=Path, default=None)
+    rep.add_argument("--probe-dir", type=Path, default=None, help="corpus folder of the probe phrases")
+    rep.add_argument("--max-checkpoints", type=int, default=6, help="checkpoints evaluated at most")
+    rep.add_argument("--max-phrases", type=int, default=4, help="probe phrases used at most")
+    rep.add_argument("--no-export", dest="use_export", action="store_false", help="only write report.json")
     imp = sub.add_parser("import", help="import a model zip (or a .pth) into the models folder")
     imp.add_argument("source", type=Path, help="a model zip or a .pth")
     imp.add_argument("--index", type=Path, default=None, help="with a .pth: its .index file")
@@ -117,14 +142,19 @@ def _run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_training(args: argparse.Namespace) -> int:
+def _progress_bar() -> Any:
     from tqdm import tqdm
 
-    from train.pipeline import run_stages, stages_for_run
+    return tqdm(total=1000, unit="‰", file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}")
+
+
+def _run_training(args: argparse.Namespace) -> int:
+    from infer.errors import AssetError
+    from train.pipeline import offline_encoder_hint, run_stages, stages_for_run
 
     settings = _settings(args, fresh=args.command == "run")
     stages = stages_for_run(settings) if args.command == "run" else [args.command]
-    with tqdm(total=1000, unit="‰", file=sys.stderr, bar_format="{l_bar}{bar}| {postfix}") as bar:
+    with _progress_bar() as bar:
 
         def progress(fraction: float, message: str) -> None:
             bar.n = round(fraction * 1000)
@@ -134,9 +164,49 @@ def _run_training(args: argparse.Namespace) -> int:
             if step % 50 == 0:
                 log.info("step %d: %s", step, json.dumps({k: round(v, 4) for k, v in row.items()}))
 
-        results = run_stages(settings, stages, progress=progress, on_metrics=metrics)
+        try:
+            results = run_stages(settings, stages, progress=progress, on_metrics=metrics)
+        except AssetError as exc:
+            hint = (
+                offline_encoder_hint(settings.pretrained_dir)
+                if settings.content_encoder == "hubert_base"
+                else None
+            )
+            if hint is None:
+                raise
+            raise AssetError(f"{exc}\n{hint}") from exc
     for result in results:
         log.info("%s: %s", result.stage, result.summary)
+    return 0
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from infer.catalog import resolve_data_dir, resolve_models_dir
+    from train.pipeline import TrainSettings, run_stages, stage_report
+    from train.report import ReportConfig
+
+    work_dir = args.work_dir or resolve_data_dir(args.data_dir) / "experiments" / args.name
+    base = TrainSettings.load(work_dir).to_dict()
+    base.update({"work_dir": work_dir, "models_dir": resolve_models_dir(args.models_dir)})
+    if args.pretrained_dir is not None:
+        base["pretrained_dir"] = args.pretrained_dir
+    settings = TrainSettings.from_dict(base)
+    config = ReportConfig(
+        max_checkpoints=args.max_checkpoints,
+        max_phrases=args.max_phrases,
+        probe_audio_dir=args.probe_dir,
+    )
+    with _progress_bar() as bar:
+
+        def progress(fraction: float, message: str) -> None:
+            bar.n = round(fraction * 1000)
+            bar.set_postfix_str(message[:90], refresh=True)
+
+        result = stage_report(settings, progress=progress, should_stop=None, config=config)
+        log.info("report: %s", result.summary)
+        if args.use_export:
+            for exported in run_stages(settings, ["export"]):
+                log.info("%s: %s", exported.stage, exported.summary)
     return 0
 
 
@@ -152,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "import":
             return _run_import(args)
+        if args.command == "report":
+            return _run_report(args)
         return _run_training(args)
     except (TimbreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

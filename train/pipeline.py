@@ -1,9 +1,14 @@
-"""The training chain as stages: prepare -> extract -> fit -> index -> [diffusion -> distill] -> export.
+"""The training chain as stages: prepare, extract, fit, index, [diffusion, distill], [report], export.
 
 Every stage reads and writes one experiment folder (``work_dir``) and is resumable on its own:
 running a stage again skips what is already done (prepare and extract by source keys, fit and
 the diffusion stages from their checkpoints). The studio's job worker and ``python -m train``
 both call :func:`run_stage`.
+
+With ``use_report`` (the default), a few segments of the dataset are held out before training
+(``heldout.json``, see :mod:`train.report`): fit, index and diffusion leave them out, and the
+report stage converts them and the probe phrases with every saved checkpoint; export then ships
+``report.json`` and its A/B previews with the model.
 """
 
 from __future__ import annotations
@@ -27,9 +32,10 @@ from train.slicing import SliceConfig
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "extract", "fit", "index", "diffusion", "distill", "export")
+STAGES = ("prepare", "extract", "fit", "index", "diffusion", "distill", "report", "export")
 TEACHER_HEAD = "diffusion_teacher.pt"
 LCM_HEAD = "diffusion_lcm.pt"
+WHISPER_ENCODER = "whisper-tiny-en"
 MetricsCallback = Callable[[int, dict[str, float]], None]
 LogCallback = Callable[[str], None]
 
@@ -61,6 +67,7 @@ class TrainSettings:
         diffusion_epochs, distill_epochs: their schedules; diffusion_max_steps, distill_max_steps: caps.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``...
         workers: processes for slicing and F0.
+        use_report: hold out a few clips and make the report card before export.
     """
 
     name: str
@@ -88,6 +95,7 @@ class TrainSettings:
     distill_max_steps: int = 0
     device: str = "auto"
     workers: int = 2
+    use_report: bool = True
 
     def __post_init__(self) -> None:
         from infer.catalog import validate_model_name
@@ -107,6 +115,8 @@ class TrainSettings:
                 raise StageError(f"{key} must be at least 1")
         if self.size not in ("full", "tiny"):
             raise StageError("size must be 'full' or 'tiny'")
+        if self.content_encoder == WHISPER_ENCODER and self.version != "v2":
+            raise StageError(f"{WHISPER_ENCODER} models are stored in the v2 layout: use version 'v2'")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> TrainSettings:
@@ -161,6 +171,25 @@ class StageResult:
     summary: str
     outputs: dict[str, Any] = field(default_factory=dict)
     elapsed_s: float = 0.0
+
+
+def offline_encoder_hint(pretrained_dir: Path | None = None) -> str | None:
+    """A note offering ``whisper-tiny-en`` when HuBERT's weights are missing (None when they are there).
+
+    For the CLI's error and the studio's training tab.
+    """
+    from infer.assets import default_pretrained_dir
+    from infer.content.hubert import HUBERT_BASE_FILENAMES
+    from infer.content.whisper import ENGLISH_NOTE, INSTALL_HINT, has_whisper_package
+
+    root = Path(pretrained_dir) if pretrained_dir is not None else default_pretrained_dir()
+    if any((root / relative).is_file() for relative in HUBERT_BASE_FILENAMES):
+        return None
+    hint = (
+        f"No HuBERT weights in {root}. Without downloading, train with the offline content encoder: "
+        f"--content-encoder {WHISPER_ENCODER} ({ENGLISH_NOTE})"
+    )
+    return hint if has_whisper_package() else f"{hint}; it needs {INSTALL_HINT}"
 
 
 def _f0_method(settings: TrainSettings) -> str:
@@ -231,10 +260,38 @@ def stage_extract(
     )
 
 
+def _feature_dim(settings: TrainSettings) -> int | None:
+    """Width of the extracted content features when it is not the version's HuBERT width."""
+    from train.features import feature_dir
+    from train.vits import VERSIONS
+
+    folder = feature_dir(settings.work_dir, settings.version)
+    first = next((p for p in sorted(folder.glob("*.npy")) if not p.name.startswith(".")), None)
+    if first is None:
+        return None
+    shape = np.load(first, mmap_mode="r").shape
+    width = int(shape[1]) if len(shape) == 2 else None
+    return None if width in (None, VERSIONS[settings.version]) else width
+
+
+def _heldout(settings: TrainSettings) -> tuple[str, ...]:
+    """Segments set aside for the report card (none without ``use_report``)."""
+    from train.report import heldout_names
+
+    return heldout_names(settings.work_dir) if settings.use_report else ()
+
+
 def vits_config(settings: TrainSettings) -> Any:
-    """The VITS trainer's settings for this run."""
+    """The VITS trainer's settings for this run.
+
+    Features of another width than the version's (384-d whisper-tiny-en) train from scratch:
+    RVC's base files have a 768-wide content projection.
+    """
     from train.vits import VitsTrainConfig
 
+    feature_dim = _feature_dim(settings)
+    if feature_dim is not None and settings.use_pretrained:
+        log.info("%d-dim content features: RVC's base files do not fit, training from scratch", feature_dim)
     return VitsTrainConfig(
         sample_rate=settings.sample_rate,
         version=settings.version,
@@ -244,7 +301,8 @@ def vits_config(settings: TrainSettings) -> Any:
         epochs=settings.epochs,
         save_every_epochs=min(settings.save_every_epochs, settings.epochs),
         max_steps=settings.max_steps,
-        use_pretrained=settings.use_pretrained,
+        use_pretrained=settings.use_pretrained and feature_dim is None,
+        feature_dim=feature_dim,
         device=settings.device,
     )
 
@@ -257,8 +315,10 @@ def stage_fit(
     on_metrics: MetricsCallback | None = None,
 ) -> StageResult:
     """Train (or resume) the VITS synthesizer; exports land in ``work_dir/weights``."""
+    from train.report import ensure_heldout
     from train.vits import fit_vits
 
+    heldout = ensure_heldout(settings.work_dir) if settings.use_report else ()
     pth = fit_vits(
         settings.work_dir,
         None,
@@ -267,6 +327,7 @@ def stage_fit(
         pretrained_dir=settings.pretrained_dir,
         content_encoder=settings.content_encoder,
         f0_method=_f0_method(settings) if settings.use_f0 else None,
+        exclude_names=heldout,
         progress=progress,
         should_stop=should_stop,
         on_metrics=on_metrics,
@@ -285,11 +346,21 @@ def index_path(settings: TrainSettings) -> Path | None:
 def stage_index(
     settings: TrainSettings, *, progress: ProgressFn | None, should_stop: StopFn | None
 ) -> StageResult:
-    """RVC's IVF-Flat index over every content feature of the training set."""
-    from train.features import load_training_features
+    """RVC's IVF-Flat index over every content feature of the training set (held-out clips left out)."""
+    from train.features import feature_dir, load_training_features
     from train.index import build_index, index_file_name, index_ivf_count, write_index
 
-    features = load_training_features(settings.work_dir, settings.version)
+    heldout = set(_heldout(settings))
+    if heldout:
+        folder = feature_dir(settings.work_dir, settings.version)
+        kept = [
+            p for p in sorted(folder.glob("*.npy")) if p.stem not in heldout and not p.name.startswith(".")
+        ]
+        if not kept:
+            raise StageError(f"no content features of training segments in {folder}: run `extract` first")
+        features = np.concatenate([np.load(p).astype(np.float32, copy=False) for p in kept], axis=0)
+    else:
+        features = load_training_features(settings.work_dir, settings.version)
     index = build_index(features, progress=progress, should_stop=should_stop)
     n_ivf = index_ivf_count(index)
     for old in settings.work_dir.glob(f"added_IVF*_Flat_nprobe_1_{settings.name}_{settings.version}.index"):
@@ -327,7 +398,12 @@ def latent_dataset(
 
     cache = settings.work_dir / "latents.pt"
     synth = _trained_synthesizer(settings)
-    examples = list_training_examples(settings.work_dir, settings.version, use_f0=settings.use_f0)
+    heldout = set(_heldout(settings))
+    examples = [
+        e
+        for e in list_training_examples(settings.work_dir, settings.version, use_f0=settings.use_f0)
+        if e.name not in heldout
+    ]
     spec_config = SpectrogramConfig.for_sample_rate(settings.sample_rate)
 
     def utterances() -> Any:
@@ -457,6 +533,63 @@ def _device(settings: TrainSettings) -> str:
     return settings.device
 
 
+def stage_report(
+    settings: TrainSettings,
+    *,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    config: Any | None = None,
+) -> StageResult:
+    """The report card: probe clips converted by every saved checkpoint and measured (``report.json``).
+
+    ``config`` is a :class:`train.report.ReportConfig` (None = its defaults); it runs on the run's device.
+    Without any probe clip (a dataset of under 10 segments and no probe-phrase corpus) the stage
+    is skipped with a warning, and an older card is removed, so that export is not blocked.
+    """
+    from train.dataset import load_manifest
+    from train.report import PREVIEW_DIRNAME, REPORT_FILENAME, NoProbeError, ReportConfig, build_report
+
+    try:
+        duration_s = load_manifest(settings.work_dir).report.duration_s
+    except (TimbreError, OSError, KeyError, AttributeError):
+        duration_s = None
+    budget = {
+        "dataset_duration_s": duration_s,
+        "size": settings.size,
+        "sample_rate": settings.sample_rate,
+        "epochs": settings.epochs,
+        "max_steps": settings.max_steps,
+        "batch_size": settings.batch_size,
+        "use_pretrained": settings.use_pretrained,
+        "device": _device(settings),
+    }
+    try:
+        result = build_report(
+            settings.work_dir,
+            settings.name,
+            config=replace(config or ReportConfig(), device=_device(settings)),
+            pretrained_dir=settings.pretrained_dir,
+            f0_method=_f0_method(settings) if settings.use_f0 else None,
+            budget=budget,
+            progress=progress,
+            should_stop=should_stop,
+        )
+    except NoProbeError as exc:
+        log.warning("no report card: %s", exc)
+        (settings.work_dir / REPORT_FILENAME).unlink(missing_ok=True)
+        shutil.rmtree(settings.work_dir / PREVIEW_DIRNAME, ignore_errors=True)
+        return StageResult("report", f"skipped: {exc}", {})
+    best = result["best"]
+    similarity = best["mean"]["similarity_to_target"]
+    shown = "n/a" if similarity is None else f"{similarity:.3f}"
+    return StageResult(
+        "report",
+        f"{len(result['per_checkpoint'])} checkpoints x {len(result['probes'])} probes; best "
+        f"{best['checkpoint']} (similarity to target {shown})",
+        {"report": str(settings.work_dir / "report.json"), "best": best["checkpoint"]},
+    )
+
+
 def stage_export(
     settings: TrainSettings, *, progress: ProgressFn | None, should_stop: StopFn | None
 ) -> StageResult:
@@ -487,6 +620,10 @@ def stage_export(
                 shutil.copy2(settings.work_dir / head, staging / head)
         if (settings.work_dir / "report.json").is_file():
             shutil.copy2(settings.work_dir / "report.json", staging / "report.json")
+            from train.report import PREVIEW_DIRNAME
+
+            if (settings.work_dir / PREVIEW_DIRNAME).is_dir():
+                shutil.copytree(settings.work_dir / PREVIEW_DIRNAME, staging / PREVIEW_DIRNAME)
         duration = None
         try:
             duration = load_manifest(settings.work_dir).report.duration_s
@@ -532,6 +669,7 @@ _STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
     "index": stage_index,
     "diffusion": stage_diffusion,
     "distill": stage_distill,
+    "report": stage_report,
     "export": stage_export,
 }
 _WITH_METRICS = frozenset({"fit", "diffusion", "distill"})
@@ -544,6 +682,8 @@ def stages_for_run(settings: TrainSettings) -> list[str]:
         chosen.append("diffusion")
     if settings.use_distillation:
         chosen.append("distill")
+    if settings.use_report:
+        chosen.append("report")
     chosen.append("export")
     return chosen
 
@@ -569,6 +709,7 @@ def run_stages(
         "index": 0.5,
         "diffusion": 4.0,
         "distill": 3.0,
+        "report": 2.0,
         "export": 0.3,
     }
     total = sum(weights[s] for s in stages)
