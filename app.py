@@ -267,7 +267,8 @@ def metrics_frame(
 ) -> pd.DataFrame:
     """Long-format curves (step, value, metric) of the metrics named ``prefix*``, thinned to ``max_points``.
 
-    The trainers also report learning rate, speed and gradient norms; the chart shows the losses.
+    The trainers also report learning rate, speed and gradient norms; the chart shows the losses
+    (``loss_mel``, and the diffusion stages' ``diffusion/loss``, ``distill/loss``).
     """
     stride = max(1, int(np.ceil(len(rows) / max_points)))
     kept = list(rows[::stride])
@@ -277,7 +278,7 @@ def metrics_frame(
         {"step": step, "value": value, "metric": name}
         for step, values in kept
         for name, value in values.items()
-        if value is not None and name.startswith(prefix)
+        if value is not None and name.rsplit("/", 1)[-1].startswith(prefix)
     ]
     if not records:
         return pd.DataFrame({"step": [], "value": [], "metric": []})

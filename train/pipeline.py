@@ -675,6 +675,17 @@ _STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
 _WITH_METRICS = frozenset({"fit", "diffusion", "distill"})
 
 
+def _prefixed_metrics(on_metrics: MetricsCallback | None, stage: str) -> MetricsCallback | None:
+    """The diffusion stages count steps from 1 again: name their metrics ``<stage>/<key>``."""
+    if on_metrics is None or stage == "fit":
+        return on_metrics
+
+    def forward(step: int, row: dict[str, float]) -> None:
+        on_metrics(step, {f"{stage}/{key}": value for key, value in row.items()})
+
+    return forward
+
+
 def stages_for_run(settings: TrainSettings) -> list[str]:
     """The stages ``run`` executes for these settings, in order."""
     chosen = ["prepare", "extract", "fit", "index"]
@@ -727,7 +738,7 @@ def run_stages(
         started = time.perf_counter()
         kwargs: dict[str, Any] = {"progress": labelled if progress else None, "should_stop": should_stop}
         if stage in _WITH_METRICS:
-            kwargs["on_metrics"] = on_metrics
+            kwargs["on_metrics"] = _prefixed_metrics(on_metrics, stage)
         result = _STAGE_FUNCTIONS[stage](settings, **kwargs)
         result.elapsed_s = time.perf_counter() - started
         message = f"{stage}: {result.summary} ({result.elapsed_s:.1f} s)"
