@@ -42,6 +42,7 @@ from infer.content.base import (
     register_content_reader,
 )
 from infer.errors import AssetError, ModelLoadError
+from infer.nn.loading import materialize
 from infer.safeload import load_checkpoint, load_checkpoint_stubbed
 
 log = logging.getLogger(__name__)
@@ -388,7 +389,12 @@ class _SelfAttention(nn.Module):
         q = self.q_proj(x).view(heads_shape).transpose(1, 2)
         k = self.k_proj(x).view(heads_shape).transpose(1, 2)
         v = self.v_proj(x).view(heads_shape).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v)
+        if q.dtype == torch.bfloat16 and q.device.type == "cpu":
+            # torch's CPU attention kernel is slower in bfloat16 (e.g. under autocast) than in float32.
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float()).to(q.dtype)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v)
         return self.out_proj(y.transpose(1, 2).reshape(batch, frames, channels))
 
 
@@ -649,26 +655,15 @@ def build_hubert(
     Raises:
         ModelLoadError: missing, unexpected or mis-shaped tensors (the message lists them).
     """
-    with torch.device("meta"):
-        model = HubertModel(config)
-    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    wrong = [
-        f"{key} {tuple(state_dict[key].shape)} (expected {shape})"
-        for key, shape in expected.items()
-        if key in state_dict and tuple(state_dict[key].shape) != shape
-    ]
-    if missing or unexpected or wrong:
-        raise ModelLoadError(
-            f"{source}: the weights do not fit a HuBERT model: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}, wrong shape {wrong[:5]}; is this a HuBERT-base / ContentVec checkpoint?"
-        )
-    tensors = {
-        key: state_dict[key].to(device=device, dtype=dtype, copy=False).contiguous() for key in expected
-    }
-    model.load_state_dict(tensors, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    return materialize(
+        lambda: HubertModel(config),
+        state_dict,
+        device=device,
+        dtype=dtype,
+        what="a HuBERT model",
+        source=source,
+        hint="; is this a HuBERT-base / ContentVec checkpoint?",
+    )
 
 
 def load_hubert(

@@ -55,6 +55,7 @@ from torch import nn
 
 from infer.content.base import CONTENT_SAMPLE_RATE, ContentEncoder, register_content_encoder
 from infer.errors import AssetError, ModelLoadError
+from infer.nn.loading import materialize
 
 log = logging.getLogger(__name__)
 
@@ -433,24 +434,15 @@ def build_whisper_encoder(
     Raises:
         ModelLoadError: missing, unexpected or mis-shaped tensors (the message lists them).
     """
-    with torch.device("meta"):
-        model = WhisperEncoder(config)
-    expected = {key: tuple(t.shape) for key, t in model.state_dict().items()}
-    missing = [key for key in expected if key not in state_dict]
-    unexpected = [key for key in state_dict if key not in expected]
-    wrong = [
-        f"{key} {tuple(state_dict[key].shape)} (expected {shape})"
-        for key, shape in expected.items()
-        if key in state_dict and tuple(state_dict[key].shape) != shape
-    ]
-    if missing or unexpected or wrong:
-        raise ModelLoadError(
-            f"{source}: the weights do not fit a Whisper encoder: missing {missing[:5]}, unexpected "
-            f"{unexpected[:5]}, wrong shape {wrong[:5]}"
-        )
-    tensors = {key: state_dict[key].to(device=device, dtype=dtype).contiguous() for key in expected}
-    model.load_state_dict(tensors, strict=True, assign=True)
-    return model.eval().requires_grad_(False)
+    return materialize(
+        lambda: WhisperEncoder(config),
+        state_dict,
+        device=device,
+        dtype=dtype,
+        what="a Whisper encoder",
+        source=source,
+        hint="",
+    )
 
 
 class WhisperContentEncoder(ContentEncoder):
