@@ -176,17 +176,20 @@ def realsize_overhead(args: argparse.Namespace) -> None:
     from infer.pipeline import ConvertParams, Resources, convert, load_voice
     from infer.synthesizer import SynthConfig
     from tests.fakes import write_diffusion_heads_sized
+    from train.pipeline import FULL_DENOISER_CHANNELS, FULL_DENOISER_LAYERS
 
     torch.set_num_threads(args.threads)
     kit = ensure_kit()
-    model_dir = OUT_DIR / "diffusion_quality" / "realsize"
+    model_dir = OUT_DIR / "diffusion_quality" / f"realsize_{FULL_DENOISER_CHANNELS}x{FULL_DENOISER_LAYERS}"
     model_dir.mkdir(parents=True, exist_ok=True)
     pth = model_dir / "real.pth"
     if not pth.exists():
         pth.symlink_to(kit.model_path)
     config = SynthConfig.preset("v2", 40000, True)
     if not (model_dir / "diffusion_lcm.pt").is_file():
-        write_diffusion_heads_sized(model_dir, config, residual_channels=256, n_layers=20)
+        write_diffusion_heads_sized(
+            model_dir, config, residual_channels=FULL_DENOISER_CHANNELS, n_layers=FULL_DENOISER_LAYERS
+        )
     voice = load_voice(pth)
     source = load_audio(VOICES / "mixtures" / "long_us2_speech_180s.flac", 16000)[: 16000 * args.realsize_s]
     resources = Resources(pretrained_dir=kit.pretrained_dir)
@@ -208,7 +211,8 @@ def realsize_overhead(args: argparse.Namespace) -> None:
     print("|---|---|---|---|")
     print(f"| off | {off:.1f} | {off / args.realsize_s:.3f} | - |")
     print(
-        f"| LCM-4 (denoiser 256 ch x 20 layers) | {lcm:.1f} | {lcm / args.realsize_s:.3f} "
+        f"| LCM-4 (denoiser {FULL_DENOISER_CHANNELS} ch x {FULL_DENOISER_LAYERS} layers) "
+        f"| {lcm:.1f} | {lcm / args.realsize_s:.3f} "
         f"| {100 * (lcm / off - 1):+.1f}% |"
     )
     print(f"diffusion stage alone in the last LCM run: {diffusion_s:.1f} s")

@@ -27,6 +27,8 @@ SPLIT_X_MAX_S = 41.0
 
 RMS_FLOOR = 1e-6
 """Lower bound on the converted signal's RMS envelope before it is raised to a negative power."""
+RMS_MIX_BLOCK_SAMPLES = 1 << 20
+"""Output samples per block of :func:`rms_mix` (keeps its temporaries small on long inputs)."""
 
 
 @lru_cache(maxsize=16)
@@ -84,11 +86,15 @@ def _frame_rms(y: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
     return np.sqrt(power)
 
 
-def _interp_linear(values: np.ndarray, size: int) -> np.ndarray:
-    """Linear resize of (N,) to (size,), ``align_corners=False`` like torch ``F.interpolate``; float32."""
+def _interp_linear(values: np.ndarray, size: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Linear resize of (N,) to (size,), ``align_corners=False`` like torch ``F.interpolate``; float32.
+
+    ``start``/``stop`` return only that slice of the result (computed alone, bit for bit the same).
+    """
     n_in = values.shape[0]
     scale = np.float32(n_in) / np.float32(size)
-    dst = np.arange(size, dtype=np.float32)
+    # int64 -> float32 rounds like numpy's float32 arange does past 2**24.
+    dst = np.arange(start, size if stop is None else stop, dtype=np.int64).astype(np.float32)
     src = scale * (dst + np.float32(0.5)) - np.float32(0.5)
     src = np.maximum(src, np.float32(0.0))
     i0 = np.minimum(src.astype(np.int64), n_in - 1)
@@ -125,10 +131,15 @@ def rms_mix(
         return target32.copy()
     rms_source = _frame_rms(source, source_sr // 2 * 2, source_sr // 2)
     rms_target = _frame_rms(target32, target_sr // 2 * 2, target_sr // 2)
-    env_source = _interp_linear(rms_source, target32.shape[0])
-    env_target = np.maximum(_interp_linear(rms_target, target32.shape[0]), np.float32(RMS_FLOOR))
-    gain = np.power(env_source, np.float32(1.0 - rate)) * np.power(env_target, np.float32(rate - 1.0))
-    return target32 * gain
+    size = target32.shape[0]
+    out = np.empty(size, dtype=np.float32)
+    for start in range(0, size, RMS_MIX_BLOCK_SAMPLES):  # per-sample maths: blocks change nothing
+        stop = min(size, start + RMS_MIX_BLOCK_SAMPLES)
+        env_source = _interp_linear(rms_source, size, start, stop)
+        env_target = np.maximum(_interp_linear(rms_target, size, start, stop), np.float32(RMS_FLOOR))
+        gain = np.power(env_source, np.float32(1.0 - rate)) * np.power(env_target, np.float32(rate - 1.0))
+        np.multiply(target32[start:stop], gain, out=out[start:stop])
+    return out
 
 
 def find_split_points(
@@ -173,14 +184,14 @@ def find_split_points(
     if x.shape[0] + 2 * half <= t_max:
         return []
     padded = np.pad(x, (half, half), mode="reflect")
-    moving_sum = np.zeros_like(x)
-    for shift in range(window):
-        moving_sum += padded[shift : shift - window]
-    magnitude = np.abs(moving_sum)
     points = []
     for t in range(t_center, x.shape[0], t_center):
-        segment = magnitude[t - t_query : t + t_query]
-        points.append(t - t_query + int(np.argmin(segment)))
+        # The moving sum over the search range only, added shift by shift as over the whole input.
+        lo, hi = t - t_query, min(t + t_query, x.shape[0])
+        moving_sum = np.zeros(hi - lo, dtype=x.dtype)
+        for shift in range(window):
+            moving_sum += padded[lo + shift : hi + shift]
+        points.append(lo + int(np.argmin(np.abs(moving_sum))))
     return points
 
 

@@ -9,6 +9,12 @@ Files read by :func:`load_voice_model`:
 * Timbre's own files: exactly the RVC inference layout (so RVC and Applio load them unchanged)
   plus one extra top-level key ``'timbre'`` holding a plain dict of metadata.
 
+Models trained on the offline ``whisper-tiny-en`` content encoder have 384-dim content. They keep
+the v2 layout and key order (``'version'`` is ``'v2'``) and record ``content_encoder:
+'whisper-tiny-en'`` in ``'timbre'``; the content width is read off ``enc_p.emb_phone.weight``.
+RVC and Applio cannot run them: their loaders build a 768-wide content projection for a v2 file
+and reject the 384-wide weights.
+
 :func:`save_voice_model` writes the Timbre format atomically. Nothing outside this module knows
 the RVC container layout.
 """
@@ -33,7 +39,7 @@ from infer.fsutil import atomic_torch_save
 from infer.nn.configs import ConfigError
 from infer.nn.weight_norm import norm_except_dim0
 from infer.safeload import load_checkpoint, load_checkpoint_stubbed
-from infer.synthesizer import POSTERIOR_ENCODER_PREFIX, SynthConfig, Synthesizer
+from infer.synthesizer import POSTERIOR_ENCODER_PREFIX, WHISPER_CONTENT_DIM, SynthConfig, Synthesizer
 
 __all__ = [
     "ModelMetadata",
@@ -50,6 +56,9 @@ TIMBRE_FORMAT_VERSION = 1
 DEFAULT_CONTENT_ENCODER = "hubert_base"
 RVC_INFERENCE_KEYS = ("weight", "config", "info", "sr", "f0", "version")
 _VERSIONS = {"v1": 256, "v2": 768}
+# Content widths each file version may hold: v2 files also carry 384-dim whisper-tiny-en models.
+_VERSION_CONTENT_DIMS = {"v1": (256,), "v2": (768, WHISPER_CONTENT_DIM)}
+WHISPER_CONTENT_ENCODER = "whisper-tiny-en"
 _PRESET_SAMPLE_RATES_HZ = (32000, 40000, 48000)
 _SAMPLE_RATE_NAMES = {"32k": 32000, "40k": 40000, "48k": 48000}
 _MAX_LISTED_KEYS = 5
@@ -65,7 +74,7 @@ class ModelMetadata:
 
     Attributes:
         name: display name (defaults to the file stem on load).
-        version: ``'v1'`` (256-dim content) or ``'v2'`` (768-dim content).
+        version: ``'v1'`` (256-dim content) or ``'v2'`` (768-dim, or 384-dim whisper-tiny-en content).
         sample_rate: output sample rate in Hz.
         use_f0: whether the model takes pitch.
         info: RVC's free-text ``info`` field (e.g. ``'200epoch'``).
@@ -263,7 +272,9 @@ def _from_inference_file(obj: Mapping[str, Any], path: Path, overrides: dict[str
         raise ModelLoadError(f"{name}: 'f0' must be 0 or 1, got {use_f0!r}")
     if "config" in obj:
         try:
-            config = SynthConfig.from_rvc_config(obj["config"], version=version, use_f0=bool(use_f0))
+            config = SynthConfig.from_rvc_config(
+                obj["config"], version=version, use_f0=bool(use_f0), content_dim=_stored_content_dim(state)
+            )
             # RVC's loader trusts the speaker table over the stored count.
             emb_shape = tuple(state["emb_g.weight"].shape) if "emb_g.weight" in state else None
             if emb_shape is not None and len(emb_shape) == 2:
@@ -277,7 +288,7 @@ def _from_inference_file(obj: Mapping[str, Any], path: Path, overrides: dict[str
         if sample_rate_name in _SAMPLE_RATE_NAMES:
             overrides.setdefault("sample_rate", _SAMPLE_RATE_NAMES[sample_rate_name])
         config = _infer_config(state, name, overrides)
-    if config.content_dim != _VERSIONS[version] or config.use_f0 != bool(use_f0):
+    if config.content_dim not in _VERSION_CONTENT_DIMS[version] or config.use_f0 != bool(use_f0):
         raise ModelLoadError(
             f"{name}: the file says version {version!r} and f0={use_f0}, but its weights or the overrides "
             f"give {config.content_dim}-dim content and use_f0={config.use_f0}"
@@ -294,11 +305,11 @@ def _from_inference_file(obj: Mapping[str, Any], path: Path, overrides: dict[str
     if isinstance(timbre, Mapping):
         metadata = _metadata_from_timbre(timbre, config, info, path, extra)
     else:
-        content_encoder = obj.get("embedder_model", DEFAULT_CONTENT_ENCODER)
+        content_encoder = obj.get("embedder_model", _default_content_encoder(config))
         content_encoder = (
             _CONTENT_ENCODER_ALIASES.get(content_encoder, content_encoder)
             if isinstance(content_encoder, str)
-            else DEFAULT_CONTENT_ENCODER
+            else _default_content_encoder(config)
         )
         match = _EPOCH_INFO.match(info)
         metadata = _metadata_for(
@@ -312,6 +323,24 @@ def _from_inference_file(obj: Mapping[str, Any], path: Path, overrides: dict[str
     return VoiceModel(config, state, metadata, path)
 
 
+def _stored_content_dim(state: Mapping[str, Any]) -> int | None:
+    """Content width of the weights when it is whisper-tiny-en's (None: the version decides)."""
+    emb = state.get("enc_p.emb_phone.weight")
+    if isinstance(emb, Tensor) and emb.dim() == 2 and emb.shape[1] == WHISPER_CONTENT_DIM:
+        return WHISPER_CONTENT_DIM
+    return None
+
+
+def _file_version(config: SynthConfig) -> str:
+    """The RVC ``version`` a config is stored under: v1 for 256-dim content, else v2."""
+    return "v1" if config.content_dim == _VERSIONS["v1"] else "v2"
+
+
+def _default_content_encoder(config: SynthConfig) -> str:
+    """The encoder a model without recorded metadata was trained on, judged by its content width."""
+    return WHISPER_CONTENT_ENCODER if config.content_dim == WHISPER_CONTENT_DIM else DEFAULT_CONTENT_ENCODER
+
+
 def _metadata_for(
     config: SynthConfig,
     *,
@@ -319,17 +348,16 @@ def _metadata_for(
     info: str,
     epochs: int | None = None,
     steps: int | None = None,
-    content_encoder: str = DEFAULT_CONTENT_ENCODER,
+    content_encoder: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> ModelMetadata:
-    version = "v2" if config.content_dim == 768 else "v1"
     return ModelMetadata(
         name=name,
-        version=version,
+        version=_file_version(config),
         sample_rate=config.sample_rate,
         use_f0=config.use_f0,
         info=info,
-        content_encoder=content_encoder,
+        content_encoder=content_encoder or _default_content_encoder(config),
         epochs=epochs,
         steps=steps,
         extra=dict(extra or {}),
@@ -356,7 +384,7 @@ def _metadata_from_timbre(
             info=info,
             epochs=pick("epochs", int, None),
             steps=pick("steps", int, None),
-            content_encoder=pick("content_encoder", str, DEFAULT_CONTENT_ENCODER) or DEFAULT_CONTENT_ENCODER,
+            content_encoder=pick("content_encoder", str, None) or None,
             extra={**extra, **stored_extra},
         )
     except ConfigError as exc:
@@ -599,7 +627,8 @@ def save_voice_model(
     Layout: ``OrderedDict(weight, config, info, sr, f0, version, timbre)`` with fp16 weights in
     RVC's key order, without ``enc_q``, weight norm unfolded (a folded synthesizer is unfolded on
     the fly). The file is written to a temp file in the same folder, fsynced and renamed over
-    ``path``, so an existing file survives any failure.
+    ``path``, so an existing file survives any failure. A 384-dim (whisper-tiny-en) model is
+    stored as ``'v2'``; RVC and Applio cannot run it.
 
     Raises:
         ValueError: weights or metadata do not fit ``config``.
@@ -610,7 +639,12 @@ def save_voice_model(
         state: Mapping[str, Tensor] = synth_or_state_dict.state_dict()
     else:
         state = synth_or_state_dict
-    expected_version = "v2" if config.content_dim == 768 else "v1"
+    expected_version = _file_version(config)
+    if config.content_dim == WHISPER_CONTENT_DIM and metadata.content_encoder == DEFAULT_CONTENT_ENCODER:
+        raise ValueError(
+            f"a {WHISPER_CONTENT_DIM}-dim model was not trained on {DEFAULT_CONTENT_ENCODER}; record its "
+            f"content encoder ({WHISPER_CONTENT_ENCODER}) in the metadata"
+        )
     if (metadata.version, metadata.sample_rate, metadata.use_f0) != (
         expected_version,
         config.sample_rate,
@@ -676,5 +710,3 @@ def _inference_weights(state: Mapping[str, Tensor], config: SynthConfig) -> dict
             f"tensors with the wrong shape for the config: {'; '.join(wrong[:_MAX_LISTED_KEYS])}"
         )
     return weight
-
-

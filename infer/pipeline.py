@@ -12,10 +12,14 @@ input and output buffers grow with the input.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import logging
+import sys
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,7 @@ INPUT_PEAK_LIMIT = 0.95  # RVC scales inputs whose peak exceeds this
 OUTPUT_PEAK_LIMIT = 0.99
 F0_METHODS = ("pm", "harvest", "crepe", "crepe-tiny", "fcpe", "rmvpe")
 SAMPLERS = ("off", "ddpm", "ddim", "lcm")
+PRECISIONS = ("fp32", "bf16")
 LCM_MAX_STEPS = 4
 
 
@@ -219,13 +224,30 @@ class ConversionResult:
 
 @dataclass(frozen=True)
 class Resources:
-    """Where the shared base files live (content encoder, pitch weights) and the device."""
+    """Where the shared base files live (content encoder, pitch weights), the device and precision.
+
+    Attributes:
+        pretrained_dir: folder of the base files.
+        content_encoder: content encoder name or path; None takes the voice model's.
+        rmvpe_path: RMVPE weights; None looks in ``pretrained_dir``.
+        device: torch device string.
+        use_half: fp16 weights on a CUDA device (RVC's ``is_half``).
+        precision: ``'fp32'`` (default, RVC's CPU arithmetic) or ``'bf16'``: the content encoder
+            and the decoder run under bfloat16 autocast (about twice as fast on CPUs with
+            AVX-512 BF16 or AMX; the output differs from fp32 by roughly 40 dB SNR, see
+            ``bench/README.md``).
+    """
 
     pretrained_dir: Path = field(default_factory=default_pretrained_dir)
     content_encoder: str | None = None
     rmvpe_path: Path | None = None
     device: str = "cpu"
     use_half: bool = False
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
 
 
 _VOICE_CACHE: OrderedDict[tuple[Any, ...], Voice] = OrderedDict()
@@ -271,7 +293,7 @@ def load_voice(
         index=index,
         device=torch_device,
         dtype=dtype,
-        model_dir=model_path.resolve().parent,
+        model_dir=model_path.absolute().parent,
     )
     with _CACHE_LOCK:
         _VOICE_CACHE[key] = voice
@@ -388,14 +410,18 @@ def convert(
     cuts = split_points(audio, padding)
     t_pad = SAMPLE_RATE_16K * padding.pad_s
     t_pad_tgt = config.sample_rate * padding.pad_s
-    audio_pad = np.pad(audio, (t_pad, t_pad), mode="reflect")
+    # RVC keeps the padded input in float64 but every later use reads it as float32: convert once.
+    audio_pad = np.pad(audio, (t_pad, t_pad), mode="reflect").astype(np.float32)
+    n_input = audio.shape[0]
+    del audio
     p_len = audio_pad.shape[0] // WINDOW_SAMPLES
+    t0 = timer.add("prepare", t0)
 
     pitch = pitchf = None
     f0_source = np.zeros(0, dtype=np.float32)
     if extractor is not None:
         report(progress, 0.02, f"pitch ({extractor.name})")
-        f0 = extractor.extract(audio_pad.astype(np.float32), p_len=p_len)
+        f0 = extractor.extract(audio_pad, p_len=p_len)
         if extractor.name == "harvest" and params.filter_radius > 2:
             f0 = median_filter_f0(f0, 3)
         f0_source = f0.copy()
@@ -403,6 +429,7 @@ def convert(
         pitch = torch.from_numpy(f0_to_coarse(f0)[:p_len].astype(np.int64)).unsqueeze(0).to(voice.device)
         pitchf = torch.from_numpy(f0[:p_len].astype(np.float32)).unsqueeze(0).to(voice.device)
         t0 = timer.add("f0", t0)
+    _release_free_memory()
     check_stop(should_stop)
 
     generator = None
@@ -419,7 +446,15 @@ def convert(
     bounds.append((start, None))
 
     chunk_progress = sub_progress(progress, 0.1, 0.95)
-    pieces: list[np.ndarray] = []
+    # One output buffer, sized for the longest possible result, filled chunk by chunk.
+    hop = config.hop_length
+    capacity = sum(
+        max(0, ((audio_pad.shape[0] if t is None else t + 2 * t_pad + WINDOW_SAMPLES) - s) // WINDOW_SAMPLES)
+        * hop
+        for s, t in bounds
+    )
+    audio_out = np.empty(capacity, dtype=np.float32)
+    filled = 0
     for i, (s, t) in enumerate(bounds):
         check_stop(should_stop)
         report(chunk_progress, i / len(bounds), f"converting chunk {i + 1}/{len(bounds)}")
@@ -429,26 +464,40 @@ def convert(
         chunk_pitch = None if pitch is None else pitch[:, s // WINDOW_SAMPLES : frame_end]
         chunk_pitchf = None if pitchf is None else pitchf[:, s // WINDOW_SAMPLES : frame_end]
         out = _convert_chunk(
-            chunk, chunk_pitch, chunk_pitchf, g, voice, encoder, params, timer, generator, chunk_index=i
+            chunk,
+            chunk_pitch,
+            chunk_pitchf,
+            g,
+            voice,
+            encoder,
+            params,
+            timer,
+            generator,
+            chunk_index=i,
+            trim_samples=t_pad_tgt,
+            precision=resources.precision,
         )
-        pieces.append(out[t_pad_tgt:-t_pad_tgt])
+        audio_out[filled : filled + out.shape[0]] = out
+        filled += out.shape[0]
         del out
+        _release_free_memory()
     report(chunk_progress, 1.0, "synthesis done")
 
     t0 = time.perf_counter()
-    audio_out = np.concatenate(pieces).astype(np.float32)
-    del pieces
+    audio_out = audio_out[:filled]
     if params.rms_mix_rate != 1:
-        audio_out = dsp.rms_mix(audio, SAMPLE_RATE_16K, audio_out, config.sample_rate, params.rms_mix_rate)
+        source = audio_pad[t_pad : t_pad + n_input]  # the high-passed input, unpadded
+        audio_out = dsp.rms_mix(source, SAMPLE_RATE_16K, audio_out, config.sample_rate, params.rms_mix_rate)
     sample_rate = config.sample_rate
     if params.output_sample_rate and params.output_sample_rate != sample_rate:
         audio_out = resample(audio_out, sample_rate, params.output_sample_rate)
         sample_rate = params.output_sample_rate
-    out_peak = float(np.abs(audio_out).max()) if audio_out.size else 0.0
-    if out_peak > OUTPUT_PEAK_LIMIT:
-        audio_out = audio_out * (OUTPUT_PEAK_LIMIT / out_peak)
-    if not np.all(np.isfinite(audio_out)):
+    # max(|x|) without an |x| temporary; NaN or inf anywhere makes it non-finite.
+    out_peak = max(float(audio_out.max()), -float(audio_out.min())) if audio_out.size else 0.0
+    if not np.isfinite(out_peak):
         raise TimbreError("the synthesizer produced non-finite samples; the model file may be damaged")
+    if out_peak > OUTPUT_PEAK_LIMIT:
+        audio_out = np.multiply(audio_out, np.float32(OUTPUT_PEAK_LIMIT / out_peak), out=audio_out)
     timer.add("post", t0)
     timer.totals["total"] = time.perf_counter() - started
     report(progress, 1.0, "done")
@@ -477,12 +526,19 @@ def _convert_chunk(
     generator: torch.Generator | None,
     *,
     chunk_index: int = 0,
+    trim_samples: int = 0,
+    precision: str = "fp32",
 ) -> np.ndarray:
-    """RVC's ``Pipeline.vc`` for one padded chunk; returns (n,) float32 at the model rate."""
+    """RVC's ``Pipeline.vc`` for one padded chunk, less ``trim_samples`` output samples at each end.
+
+    Returns (n,) float32 at the model rate. Only the kept frames are decoded (the decoder is
+    local, so the trimmed padding need not be synthesized).
+    """
     synth = voice.synthesizer
     t0 = time.perf_counter()
     wav = torch.from_numpy(np.ascontiguousarray(chunk_16k, dtype=np.float32)).to(voice.device)
-    feats = encoder.encode(wav.unsqueeze(0).to(voice.dtype)).float()  # (1, T, C)
+    with _autocast(voice.device, precision):
+        feats = encoder.encode(wav.unsqueeze(0).to(voice.dtype)).float()  # (1, T, C)
     t0 = timer.add("content", t0)
 
     use_protect = params.protect < 0.5 and pitchf is not None
@@ -541,9 +597,48 @@ def _convert_chunk(
         sine_noise = torch.randn(
             (1, p_len * synth.config.hop_length, 1), generator=generator, device=z.device, dtype=z.dtype
         )
-    audio = synth.decode(
-        z * x_mask, None if pitchf is None else pitchf.to(voice.dtype), g, sine_noise=sine_noise
-    )
-    out = audio[0, 0].float().cpu().numpy()
+    hop = synth.config.hop_length
+    total = p_len * hop
+    if total <= 2 * trim_samples:
+        timer.add("decoder", t0)
+        return np.zeros(0, dtype=np.float32)
+    start_frame = trim_samples // hop
+    stop_frame = -(-(total - trim_samples) // hop)
+    with _autocast(voice.device, precision):
+        audio = synth.decode(
+            z * x_mask,
+            None if pitchf is None else pitchf.to(voice.dtype),
+            g,
+            sine_noise=sine_noise,
+            frames=(start_frame, stop_frame),
+        )
+    offset = trim_samples - start_frame * hop
+    out = audio[0, 0, offset : offset + total - 2 * trim_samples].float().cpu().numpy()
     timer.add("decoder", t0)
     return out
+
+
+def _release_free_memory() -> None:
+    """Give freed heap memory back to the OS between chunks (glibc ``malloc_trim``; no-op elsewhere).
+
+    Without it, glibc keeps each chunk's freed buffers (backed by huge pages when PyTorch's
+    ``THP_MEM_ALLOC_ENABLE`` is on) and the resident set creeps up by about a gigabyte.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # no glibc (e.g. musl)
+        return None
+
+
+def _autocast(device: torch.device, precision: str) -> torch.autocast:
+    """bfloat16 autocast on ``device`` for ``precision == 'bf16'``; a disabled context otherwise."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")

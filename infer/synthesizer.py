@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from infer.nn.configs import ConfigError, check_config_keys
 from infer.nn.encoders import PosteriorEncoder, TextEncoder, make_embedding
 from infer.nn.flows import ResidualCouplingBlock
-from infer.nn.generator import HiFiGANGenerator
+from infer.nn.generator import DEFAULT_WINDOW_FRAMES, HiFiGANGenerator
 from infer.nn.masks import rand_slice_segments, slice_segments
 from infer.nn.weight_norm import WeightNormMixin, fold_weight_norm
 
@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_NOISE_SCALE",
     "POSTERIOR_ENCODER_PREFIX",
     "RVC_CONFIG_FIELDS",
+    "WHISPER_CONTENT_DIM",
     "SynthConfig",
     "Synthesizer",
 ]
@@ -66,8 +67,10 @@ RVC_CONFIG_FIELDS: tuple[str, ...] = (
 )
 """Names of the 18 positional constructor arguments RVC stores as a model's ``config`` list."""
 
-_CONTENT_DIMS = (256, 768)
+_CONTENT_DIMS = (256, 384, 768)
 _PRESET_CONTENT_DIM = {"v1": 256, "v2": 768}
+WHISPER_CONTENT_DIM = 384
+"""Width of the offline ``whisper-tiny-en`` content features; such models use the v2 layout."""
 # (preset name, sample rate) -> (spec_channels, upsample_rates, upsample_kernel_sizes).
 # RVC's v2 at 40 kHz reuses the v1 40 kHz config.
 _PRESET_DECODERS: dict[tuple[str, int], tuple[int, tuple[int, ...], tuple[int, ...]]] = {
@@ -118,7 +121,9 @@ class SynthConfig:
         spk_embed_dim: number of speakers in ``emb_g``.
         gin_channels: speaker-embedding width.
         sample_rate: output sample rate in Hz.
-        content_dim: content-feature width (256: HuBERT layer 9 + final_proj; 768: layer 12).
+        content_dim: content-feature width (256: HuBERT layer 9 + final_proj; 768: layer 12;
+            384: Timbre's offline ``whisper-tiny-en`` encoder, a model RVC and Applio cannot run:
+            their loaders build a 256- or 768-wide content projection from the file's version).
         use_f0: pitch model (coarse-pitch embedding + NSF decoder) or not.
     """
 
@@ -269,8 +274,14 @@ class SynthConfig:
         )
 
     @classmethod
-    def from_rvc_config(cls, config_list: Sequence[Any], *, version: str, use_f0: bool) -> SynthConfig:
-        """Build from RVC's 18-item ``config`` list (a ``'40k'``-style sample rate is accepted)."""
+    def from_rvc_config(
+        cls, config_list: Sequence[Any], *, version: str, use_f0: bool, content_dim: int | None = None
+    ) -> SynthConfig:
+        """Build from RVC's 18-item ``config`` list (a ``'40k'``-style sample rate is accepted).
+
+        ``content_dim`` None takes the version's HuBERT width; 384 (whisper-tiny-en) is valid only
+        with version ``'v2'``, whose file layout such models keep.
+        """
         if isinstance(config_list, (str, bytes)) or not isinstance(config_list, Sequence):
             raise ConfigError(f"an RVC config is a list of 18 values, got {type(config_list).__name__}")
         if len(config_list) != len(RVC_CONFIG_FIELDS):
@@ -286,7 +297,15 @@ class SynthConfig:
             if values["sample_rate"] not in _SAMPLE_RATE_NAMES:
                 raise ConfigError(f"unknown sample rate {values['sample_rate']!r} in the RVC config")
             values["sample_rate"] = _SAMPLE_RATE_NAMES[values["sample_rate"]]
-        return cls(**values, content_dim=_PRESET_CONTENT_DIM[version], use_f0=bool(use_f0))
+        allowed = (_PRESET_CONTENT_DIM[version], *((WHISPER_CONTENT_DIM,) if version == "v2" else ()))
+        if content_dim is None:
+            content_dim = _PRESET_CONTENT_DIM[version]
+        elif content_dim not in allowed:
+            raise ConfigError(
+                f"a version {version!r} model cannot have {content_dim}-dim content; "
+                f"{WHISPER_CONTENT_DIM}-dim (whisper-tiny-en) models are stored as 'v2'"
+            )
+        return cls(**values, content_dim=content_dim, use_f0=bool(use_f0))
 
     def to_rvc_config(self) -> list[Any]:
         """RVC's 18-item ``config`` list, with the python types RVC writes (lists, nested lists)."""
@@ -334,7 +353,8 @@ class Synthesizer(nn.Module):
     Submodules: ``enc_p`` (:class:`TextEncoder`), ``dec`` (:class:`HiFiGANGenerator`), ``enc_q``
     (:class:`PosteriorEncoder`, training only), ``flow`` and ``emb_g`` (speaker table). They are
     registered in RVC's order so ``state_dict()`` lists keys exactly as RVC files do: for
-    768-dim content RVC registers the text encoder last.
+    768-dim content RVC registers the text encoder last (384-dim whisper-tiny-en models keep
+    that v2 order).
 
     Args:
         config: the hyper-parameters.
@@ -350,7 +370,7 @@ class Synthesizer(nn.Module):
     def __init__(self, config: SynthConfig, *, use_posterior_encoder: bool = True) -> None:
         super().__init__()
         self.config = config
-        if config.content_dim == 768:
+        if config.content_dim != _PRESET_CONTENT_DIM["v1"]:
             order = ("dec", "enc_q", "flow", "emb_g", "enc_p")
         else:
             order = ("enc_p", "dec", "enc_q", "flow", "emb_g")
@@ -459,6 +479,8 @@ class Synthesizer(nn.Module):
         *,
         sine_noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        frames: tuple[int, int] | None = None,
+        window_frames: int = DEFAULT_WINDOW_FRAMES,
     ) -> Tensor:
         """Latent -> waveform.
 
@@ -468,12 +490,28 @@ class Synthesizer(nn.Module):
             g: (B, gin, 1) speaker condition.
             sine_noise: (B, T*hop) or (B, T*hop, 1) standard-normal NSF noise; drawn when None.
             generator: RNG for the drawn NSF noise.
+            frames: ``(start, stop)`` decodes only those latent frames, ``window_frames`` at a time
+                (same samples up to float rounding, memory of one window; see
+                :meth:`HiFiGANGenerator.forward_frames`); None decodes all frames at once.
+            window_frames: window length in frames when ``frames`` is given.
 
         Returns:
-            (B, 1, T*hop) float waveform in [-1, 1] at ``config.sample_rate``.
+            (B, 1, T*hop) float waveform in [-1, 1] at ``config.sample_rate``; (B, 1, (stop - start)*hop)
+            with ``frames``.
         """
         f0_hz = pitchf if self.config.use_f0 else None
         z = z.to(self.dec.conv_pre.weight.dtype)
+        if frames is not None:
+            return self.dec.forward_frames(
+                z,
+                f0_hz,
+                g=g,
+                sine_noise=sine_noise,
+                generator=generator,
+                start_frame=frames[0],
+                stop_frame=frames[1],
+                window_frames=window_frames,
+            )
         return self.dec(z, f0_hz, g=g, sine_noise=sine_noise, generator=generator)
 
     def encode_posterior(

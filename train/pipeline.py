@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "extract", "fit", "index", "diffusion", "distill", "report", "export")
 TEACHER_HEAD = "diffusion_teacher.pt"
+# Denoiser size for full models: LCM-4 at this size adds about a fifth to a conversion's time
+# (bench/diffusion_quality.py); 256 channels x 20 layers added half.
+FULL_DENOISER_CHANNELS = 128
+FULL_DENOISER_LAYERS = 12
 LCM_HEAD = "diffusion_lcm.pt"
 WHISPER_ENCODER = "whisper-tiny-en"
 MetricsCallback = Callable[[int, dict[str, float]], None]
@@ -441,8 +445,8 @@ def _denoiser_config(settings: TrainSettings, synth_config: Any, *, use_w: bool)
         latent_channels=synth_config.inter_channels,
         content_dim=synth_config.content_dim,
         gin_channels=synth_config.gin_channels,
-        residual_channels=32 if small else 256,
-        n_layers=4 if small else 20,
+        residual_channels=32 if small else FULL_DENOISER_CHANNELS,
+        n_layers=4 if small else FULL_DENOISER_LAYERS,
         use_w_embedding=use_w,
     )
 

@@ -169,7 +169,8 @@ class RelativeTransformerEncoder(nn.Module):
 
     def forward(self, x: Tensor, x_mask: Tensor) -> Tensor:
         """x: (B, C, T), x_mask: (B, 1, T) float -> (B, C, T), zero outside the mask."""
-        attn_mask = x_mask.unsqueeze(2) * x_mask.unsqueeze(-1)  # (B, 1, T, T)
+        # Without padding (one whole sequence, as at inference) the mask hides nothing: skip it.
+        attn_mask = None if bool(x_mask.all()) else x_mask.unsqueeze(2) * x_mask.unsqueeze(-1)  # (B,1,T,T)
         x = x * x_mask
         for attn, norm_1, ffn, norm_2 in zip(
             self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2, strict=True

@@ -17,6 +17,7 @@ from torch.nn import functional as F
 from infer.nn.weight_norm import WeightNormConv1d, WeightNormConvTranspose1d, WeightNormMixin
 
 __all__ = [
+    "DEFAULT_WINDOW_FRAMES",
     "HiFiGANGenerator",
     "ResBlock1",
     "ResBlock2",
@@ -28,6 +29,8 @@ __all__ = [
 
 LEAKY_SLOPE = 0.1
 FINAL_LEAKY_SLOPE = 0.01  # torch's default slope, used by RVC before conv_post
+DEFAULT_WINDOW_FRAMES = 512
+"""Latent frames per window of :meth:`HiFiGANGenerator.forward_frames` (5.1 s at 100 frames/s)."""
 
 
 def get_padding(kernel_size: int, dilation: int = 1) -> int:
@@ -289,6 +292,93 @@ class HiFiGANGenerator(nn.Module):
         Returns:
             (B, 1, T*hop) waveform in [-1, 1].
         """
+        x, harmonic = self._prepare(x, f0_hz, g, sine_noise, generator)
+        return self._upsample(x, harmonic)
+
+    def forward_frames(
+        self,
+        x: Tensor,
+        f0_hz: Tensor | None = None,
+        g: Tensor | None = None,
+        sine_noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        *,
+        start_frame: int = 0,
+        stop_frame: int | None = None,
+        window_frames: int = DEFAULT_WINDOW_FRAMES,
+    ) -> Tensor:
+        """Decode only latent frames ``[start_frame, stop_frame)``, a window of frames at a time.
+
+        Equal to ``forward(...)[..., start_frame * hop : stop_frame * hop]`` up to float rounding:
+        ``conv_pre`` and the NSF source (whose phase is a running sum) are computed over the whole
+        input, then the upsampling stages run on windows of ``window_frames`` frames, each
+        widened by :attr:`receptive_margin_frames` on both sides and cropped back. Memory holds one
+        window's activations instead of the whole input's, and frames outside the range (RVC's
+        padding, which the pipeline trims) are not decoded.
+
+        Args:
+            x, f0_hz, g, sine_noise, generator: as for :meth:`forward`; x: (B, C, T).
+            start_frame: first latent frame to decode.
+            stop_frame: one past the last frame (None: T).
+            window_frames: frames decoded per window (> 0).
+
+        Returns:
+            (B, 1, (stop_frame - start_frame) * hop) waveform in [-1, 1].
+        """
+        frames = x.shape[-1]
+        stop_frame = frames if stop_frame is None else stop_frame
+        if not 0 <= start_frame <= stop_frame <= frames:
+            raise ValueError(
+                f"need 0 <= start_frame <= stop_frame <= {frames}, got {start_frame}..{stop_frame}"
+            )
+        if window_frames < 1:
+            raise ValueError(f"window_frames must be positive, got {window_frames}")
+        x, harmonic = self._prepare(x, f0_hz, g, sine_noise, generator)
+        hop, margin = self.upp, self.receptive_margin_frames
+        out = x.new_empty(x.shape[0], 1, (stop_frame - start_frame) * hop)
+        for start in range(start_frame, stop_frame, window_frames):
+            stop = min(stop_frame, start + window_frames)
+            lo, hi = max(0, start - margin), min(frames, stop + margin)
+            part = harmonic[..., lo * hop : hi * hop] if harmonic is not None else None
+            y = self._upsample(x[..., lo:hi], part)
+            out[..., (start - start_frame) * hop : (stop - start_frame) * hop] = y[
+                ..., (start - lo) * hop : (stop - lo) * hop
+            ]
+        return out
+
+    @property
+    def receptive_margin_frames(self) -> int:
+        """Latent frames on each side that can change an output sample after ``conv_pre``.
+
+        A safe upper bound summed over the chain: each transposed conv reaches
+        ``ceil((k - 1 + p) / s) + 1`` input samples, each NSF ``noise_convs`` entry as many of its
+        output samples, a
+        resblock the sum of its convs' paddings (``d * (k - 1) / 2`` each, the deepest block of a
+        stage counts), and ``conv_post`` its padding; all converted to output samples, then to
+        frames, rounded up.
+        """
+        reach = 0  # in output samples
+        samples_per_step = self.upp  # output samples per sample at the current stage's input
+        nk = self.num_kernels
+        for i, up in enumerate(self.ups):
+            reach += _strided_reach(up) * samples_per_step
+            samples_per_step //= up.stride[0]
+            if self.noise_convs is not None:
+                reach += _strided_reach(self.noise_convs[i]) * samples_per_step
+            blocks = self.resblocks[i * nk : (i + 1) * nk]
+            reach += max(_resblock_reach(block) for block in blocks) * samples_per_step
+        reach += self.conv_post.padding[0]
+        return -(-reach // self.upp)
+
+    def _prepare(
+        self,
+        x: Tensor,
+        f0_hz: Tensor | None,
+        g: Tensor | None,
+        sine_noise: Tensor | None,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor | None]:
+        """``conv_pre`` (+ speaker condition) and the NSF source over the whole input."""
         harmonic = None
         if self.use_nsf:
             if f0_hz is None:
@@ -297,6 +387,10 @@ class HiFiGANGenerator(nn.Module):
         x = self.conv_pre(x)
         if g is not None and self.cond is not None:
             x = x + self.cond(g)
+        return x, harmonic
+
+    def _upsample(self, x: Tensor, harmonic: Tensor | None) -> Tensor:
+        """Stages, ``conv_post`` and tanh: x (B, C0, T), harmonic (B, 1, T*hop) -> (B, 1, T*hop)."""
         use_channels_last = x.device.type == "cpu"
         if use_channels_last:
             x = _to_channels_last(x)
@@ -315,3 +409,22 @@ class HiFiGANGenerator(nn.Module):
         if use_channels_last:
             x = x.reshape(x.shape[0], 1, x.shape[-1])
         return torch.tanh(x)
+
+
+def _strided_reach(layer: nn.Conv1d | nn.ConvTranspose1d) -> int:
+    """Samples of the coarser side on each side that one output of a (transposed) conv depends on.
+
+    An upper bound, ``ceil((k - 1 + p) / s) + 1``: input samples for a transposed conv, output
+    samples for a strided conv.
+    """
+    kernel, stride, padding = layer.kernel_size[0], layer.stride[0], layer.padding[0]
+    return -(-(kernel - 1 + padding) // stride) + 1
+
+
+def _resblock_reach(block: nn.Module) -> int:
+    """Samples on each side that one output of a resblock depends on: the sum of its convs' reaches."""
+    return sum(
+        conv.dilation[0] * (conv.kernel_size[0] - 1) // 2
+        for conv in block.modules()
+        if isinstance(conv, nn.Conv1d)
+    )
