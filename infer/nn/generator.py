@@ -352,10 +352,9 @@ class HiFiGANGenerator(nn.Module):
 
         A safe upper bound summed over the chain: each transposed conv reaches
         ``ceil((k - 1 + p) / s) + 1`` input samples, each NSF ``noise_convs`` entry as many of its
-        output samples, a
-        resblock the sum of its convs' paddings (``d * (k - 1) / 2`` each, the deepest block of a
-        stage counts), and ``conv_post`` its padding; all converted to output samples, then to
-        frames, rounded up.
+        output samples, a resblock the sum of its convs' reaches ``d * (k - 1) / 2`` (the deepest
+        block of a stage counts) and ``conv_post`` its padding; all in output samples, then
+        rounded up to frames (11 for RVC's 40 kHz decoder).
         """
         reach = 0  # in output samples
         samples_per_step = self.upp  # output samples per sample at the current stage's input
