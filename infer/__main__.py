@@ -50,7 +50,13 @@ def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--rmvpe", type=Path, default=None, help="path of rmvpe.pt")
     p.add_argument("--pretrained-dir", type=Path, default=None, help="folder of base files")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    p.add_argument("--half", action="store_true", help="fp16 on CUDA")
+    p.add_argument("--half", action="store_true", help="fp16 weights on CUDA (RVC's is_half)")
+    p.add_argument(
+        "--precision",
+        choices=("auto", "fp32", "bf16"),
+        default="auto",
+        help="auto: bf16 on CPUs with native bfloat16, else fp32; fp32 gives RVC's exact numbers",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
@@ -110,6 +116,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         rmvpe_path=args.rmvpe,
         device=args.device,
         use_half=args.half,
+        precision=args.precision,
     )
     files = _collect_inputs(args.inputs)
     outputs = _output_paths(files, args.output, args.format)
@@ -134,7 +141,7 @@ def _run_convert(args: argparse.Namespace) -> int:
         dst.parent.mkdir(parents=True, exist_ok=True)
         save_audio(dst, result.audio, result.sample_rate)
         timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items())
-        log.info("%s -> %s (%s)", src, dst, timings)
+        log.info("%s -> %s (%s arithmetic; %s)", src, dst, result.precision, timings)
     return 1 if failures else 0
 
 

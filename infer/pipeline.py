@@ -43,6 +43,7 @@ from infer.errors import ModelLoadError, TimbreError
 from infer.models import VoiceModel, build_synthesizer, load_voice_model
 from infer.pitch import PitchExtractor, default_method, get_pitch_extractor
 from infer.pitch.f0 import f0_to_coarse, median_filter_f0, shift_semitones
+from infer.precision import check_precision, resolve_precision
 from infer.progress import ProgressFn, StopFn, check_stop, report, sub_progress
 from infer.retrieval import RetrievalIndex, check_dim, load_index, search_and_blend
 from infer.synthesizer import Synthesizer
@@ -55,7 +56,6 @@ INPUT_PEAK_LIMIT = 0.95  # RVC scales inputs whose peak exceeds this
 OUTPUT_PEAK_LIMIT = 0.99
 F0_METHODS = ("pm", "harvest", "crepe", "crepe-tiny", "fcpe", "rmvpe")
 SAMPLERS = ("off", "ddpm", "ddim", "lcm")
-PRECISIONS = ("fp32", "bf16")
 LCM_MAX_STEPS = 4
 
 
@@ -220,6 +220,8 @@ class ConversionResult:
     f0_method: str
     timings_s: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    precision: str = "fp32"
+    """The arithmetic used: ``'fp32'``, ``'bf16'`` or ``'fp16'`` (see :mod:`infer.precision`)."""
 
 
 @dataclass(frozen=True)
@@ -232,10 +234,10 @@ class Resources:
         rmvpe_path: RMVPE weights; None looks in ``pretrained_dir``.
         device: torch device string.
         use_half: fp16 weights on a CUDA device (RVC's ``is_half``).
-        precision: ``'fp32'`` (default, RVC's CPU arithmetic) or ``'bf16'``: the content encoder
-            and the decoder run under bfloat16 autocast (about twice as fast on CPUs with
-            AVX-512 BF16 or AMX; the output differs from fp32 by roughly 40 dB SNR, see
-            ``bench/README.md``).
+        precision: ``'auto'`` (default: ``'bf16'`` on CPUs with native bfloat16, ``'fp32'``
+            elsewhere), ``'fp32'`` (RVC's CPU arithmetic, its exact numbers) or ``'bf16'`` (the
+            content encoder and the decoder under bfloat16 autocast, about twice as fast; about
+            45 dB SNR against fp32). See :mod:`infer.precision`.
     """
 
     pretrained_dir: Path = field(default_factory=default_pretrained_dir)
@@ -243,11 +245,12 @@ class Resources:
     rmvpe_path: Path | None = None
     device: str = "cpu"
     use_half: bool = False
-    precision: str = "fp32"
+    precision: str = "auto"
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_precision(self.precision)
+        if self.use_half and self.precision == "bf16":
+            raise ValueError("bf16 cannot be combined with fp16 weights (use_half); choose one")
 
 
 _VOICE_CACHE: OrderedDict[tuple[Any, ...], Voice] = OrderedDict()
@@ -390,6 +393,7 @@ def convert(
     n_speakers = config.spk_embed_dim
     if params.speaker_id >= n_speakers:
         raise TimbreError(f"speaker_id {params.speaker_id} is out of range: this model has {n_speakers}")
+    precision = resolve_precision(resources.precision, voice.device, voice.dtype)
     timer = _Timer(voice.device)
     warnings: list[str] = []
     started = time.perf_counter()
@@ -475,7 +479,7 @@ def convert(
             generator,
             chunk_index=i,
             trim_samples=t_pad_tgt,
-            precision=resources.precision,
+            precision=precision,
         )
         audio_out[filled : filled + out.shape[0]] = out
         filled += out.shape[0]
@@ -511,6 +515,7 @@ def convert(
         f0_method=extractor.name if extractor is not None else "none",
         timings_s=dict(timer.totals),
         warnings=warnings,
+        precision=precision,
     )
 
 

@@ -46,7 +46,7 @@ EXPECTED_API_NAMES = {
     "/export_model", "/import_model", "/asset_status", "/download_asset", "/cancel_download", "/device_info",
     "/jobs_selftest",
 }  # fmt: skip
-CONVERT_DEFAULTS = [0, "auto", 0.75, 3, 0.25, 0.33, "model", 0, "off", 4, 0.0, "shallow", 0.5, "cpu"]
+CONVERT_DEFAULTS = [0, "auto", 0.75, 3, 0.25, 0.33, "model", 0, "off", 4, 0.0, "shallow", 0.5, "cpu", "auto"]
 # The Train tab's inputs after (experiment, rate, version, use_f0, size, uploads, folder), in order.
 TRAIN_FIELDS = {
     "use_diffusion": False,
@@ -322,6 +322,7 @@ class _FakePipeline:
     class Resources:
         pretrained_dir: Path
         device: str
+        precision: str = "auto"
 
     @staticmethod
     def load_voice(model_path: Path, index_path: Path | None, *, device: str) -> str:
@@ -349,6 +350,7 @@ class _FakePipeline:
             f0_target_hz=f0 * 2,
             timings_s={"total": 0.1},
             warnings=[],
+            precision="fp32" if resources.precision == "auto" else resources.precision,
         )
 
 
@@ -381,7 +383,8 @@ def test_convert_files_batch_adapter(tmp_path: Path, fake_pipeline: None) -> Non
     fractions = [f for f, _ in seen]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
     assert ("good take.wav (1/2): synthesis", 0.25) in [(s, f) for f, s in seen]
-    assert "Converted 1 of 2" in outcome.summary and "broken.wav" in outcome.summary
+    assert "Converted 1 of 2 file(s) with **alice** (fp32)" in outcome.summary
+    assert "broken.wav" in outcome.summary
     assert len(outcome.f0_source_hz) == 100
 
     with pytest.raises(Cancelled):

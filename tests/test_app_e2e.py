@@ -49,6 +49,7 @@ CONVERT_FIELDS = {
     "pitch": 0, "f0_method": "pm", "index_rate": 0.5, "filter_radius": 3, "rms_mix_rate": 0.25,
     "protect": 0.33, "output_rate": "model", "speaker_id": 0, "sampler": "off", "steps": 4,
     "guidance": 0.0, "refine_start": "shallow", "refine_strength": 0.5, "device": "cpu",
+    "precision": "auto",
 }  # fmt: skip
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from infer.errors import ModelLoadError, TimbreError
-from infer.pitch.base import package_asset
+from infer.pitch.base import fit_length, gate_range, package_asset
 from infer.pitch.rmvpe import (
     RmvpeConfig,
     RmvpeExtractor,
@@ -151,6 +151,11 @@ def test_segmented_matches_single_pass(extractor: RmvpeExtractor) -> None:
     # With context beyond the tiny U-Net's receptive field the split is exact.
     exact = RmvpeExtractor(TINY, segment_frames=128, context_frames=224).salience(audio)
     assert np.abs(exact - single).max() < 1e-5
+    # extract() decodes block by block without holding the whole salience: same F0 exactly.
+    blockwise = segmented.extract(audio)
+    whole = fit_length(gate_range(decode_salience(salience), 50.0, 1100.0), audio.shape[0] // 160)
+    assert segmented.segment_frames < blockwise.shape[0]  # several blocks were decoded
+    np.testing.assert_array_equal(blockwise, whole)
 
 
 def test_segment_sizes_are_validated() -> None:

@@ -362,3 +362,29 @@ def test_v2_40k_preset_is_v1_40k_decoder() -> None:
     v2 = SynthConfig.preset("v2", 40000, use_f0=True)
     assert v1.to_rvc_config() == v2.to_rvc_config()
     assert (v1.content_dim, v2.content_dim) == (256, 768)
+
+
+@pytest.mark.parametrize("use_f0", [True, False], ids=["f0", "nof0"])
+@pytest.mark.parametrize(("frames", "window"), [((0, 700), 256), ((37, 650), 100), ((300, 301), 512)])
+def test_windowed_decode_matches_whole_decode(use_f0: bool, frames: tuple[int, int], window: int) -> None:
+    """Decoding a frame range window by window (partial windows widened) gives the same samples."""
+    torch.manual_seed(4)
+    synth = Synthesizer(tiny_config(use_f0=use_f0), use_posterior_encoder=False).eval()
+    total = 700
+    hop = synth.config.hop_length
+    z = torch.randn(1, synth.config.inter_channels, total)
+    pitchf = torch.rand(1, total) * 300 + 80 if use_f0 else None
+    g = synth.speaker_embedding(torch.zeros(1, dtype=torch.long))
+    noise = torch.randn(1, total * hop, 1)
+    with torch.inference_mode():
+        whole = synth.decode(z, pitchf, g, sine_noise=noise)
+        part = synth.decode(z, pitchf, g, sine_noise=noise, frames=frames, window_frames=window)
+    start, stop = frames
+    assert part.shape == (1, 1, (stop - start) * hop)
+    torch.testing.assert_close(part, whole[..., start * hop : stop * hop], atol=1e-5, rtol=0)
+
+
+def test_receptive_margin_of_rvc_40k_decoder() -> None:
+    with torch.device("meta"):
+        synth = Synthesizer(SynthConfig.preset("v2", 40000, True), use_posterior_encoder=False)
+    assert synth.dec.receptive_margin_frames == 11

@@ -31,6 +31,8 @@ LEAKY_SLOPE = 0.1
 FINAL_LEAKY_SLOPE = 0.01  # torch's default slope, used by RVC before conv_post
 DEFAULT_WINDOW_FRAMES = 512
 """Latent frames per window of :meth:`HiFiGANGenerator.forward_frames` (5.1 s at 100 frames/s)."""
+WINDOW_WIDTH_STEP_FRAMES = 256
+"""Partial windows are widened to a multiple of this many frames (see ``forward_frames``)."""
 
 
 def get_padding(kernel_size: int, dilation: int = 1) -> int:
@@ -335,10 +337,18 @@ class HiFiGANGenerator(nn.Module):
             raise ValueError(f"window_frames must be positive, got {window_frames}")
         x, harmonic = self._prepare(x, f0_hz, g, sine_noise, generator)
         hop, margin = self.upp, self.receptive_margin_frames
+        full_width = window_frames + 2 * margin
         out = x.new_empty(x.shape[0], 1, (stop_frame - start_frame) * hop)
         for start in range(start_frame, stop_frame, window_frames):
             stop = min(stop_frame, start + window_frames)
             lo, hi = max(0, start - margin), min(frames, stop + margin)
+            # oneDNN keeps compiled kernels for every input width it has seen, each holding
+            # buffers of that size; widening partial windows to a few fixed widths stops that
+            # cache from growing with every new chunk length.
+            step = WINDOW_WIDTH_STEP_FRAMES
+            width = min(frames, full_width, -(-(hi - lo) // step) * step)
+            lo = max(0, min(lo, frames - width))
+            hi = lo + width
             part = harmonic[..., lo * hop : hi * hop] if harmonic is not None else None
             y = self._upsample(x[..., lo:hi], part)
             out[..., (start - start_frame) * hop : (stop - start_frame) * hop] = y[

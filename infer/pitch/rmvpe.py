@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -464,13 +464,28 @@ class RmvpeExtractor:
         carried state, which is exact.
         """
         audio = check_audio(audio_16k)
+        out = np.empty((audio.shape[0] // HOP_LENGTH + 1, N_PITCH_BINS), dtype=np.float32)
+        for start, block in self._salience_blocks(audio, progress, should_stop):
+            out[start : start + block.shape[0]] = block
+        return out
+
+    @torch.no_grad()
+    def _salience_blocks(
+        self, audio: np.ndarray, progress: ProgressFn | None, should_stop: StopFn | None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first frame, (n, 360) salience)`` blocks in order, at most ``segment_frames`` each.
+
+        Only the BiGRU's input and output are held for the whole input; the salience, 360 values
+        per frame, exists one block at a time.
+        """
         padded = self._padded(audio)
         n_frames = audio.shape[0] // HOP_LENGTH + 1
         span = self.segment_frames
         context = self.context_frames
         if n_frames <= span + 2 * context:
             report(progress, 1.0, "rmvpe")
-            return self._run(self._mel(padded, 0, n_frames)).cpu().numpy()
+            yield 0, self._run(self._mel(padded, 0, n_frames)).cpu().numpy()
+            return
         # The single pass zero-pads the mel to a multiple of 32 and runs the GRU over that
         # padded length (its backward direction starts in the padding), so do the same.
         n_total = n_frames + (-n_frames % FRAME_MULTIPLE)
@@ -485,16 +500,15 @@ class RmvpeExtractor:
             mel = F.pad(mel, (0, hi - lo - mel.shape[-1]))
             features[:, start:stop] = self.net.features(mel[None])[:, start - lo : stop - lo]
             report(progress, 0.9 * (index + 1) / len(starts), "rmvpe")
+        del padded
         check_stop(should_stop)
         recurrent = self._gru(features, span)
         del features
-        out = np.empty((n_frames, N_PITCH_BINS), dtype=np.float32)
         head = self.net.fc[1:]
         for start in range(0, n_frames, span):
             stop = min(start + span, n_frames)
-            out[start:stop] = head(recurrent[0, start:stop]).cpu().numpy()
+            yield start, head(recurrent[0, start:stop]).cpu().numpy()
         report(progress, 1.0, "rmvpe")
-        return out
 
     def extract(
         self,
@@ -512,6 +526,8 @@ class RmvpeExtractor:
         p_len = resolve_p_len(audio.shape[0], p_len)
         if audio.shape[0] == 0:
             return fit_length(np.zeros(0), p_len)
-        salience = self.salience(audio, progress=progress, should_stop=should_stop)
-        f0 = decode_salience(salience, self.threshold)
+        # Decoded block by block (the decode is per frame), so no whole-input salience is held.
+        f0 = np.empty(audio.shape[0] // HOP_LENGTH + 1, dtype=np.float64)
+        for start, block in self._salience_blocks(audio, progress, should_stop):
+            f0[start : start + block.shape[0]] = decode_salience(block, self.threshold)
         return fit_length(gate_range(f0, f0_min_hz, f0_max_hz), p_len)
