@@ -5,6 +5,9 @@ Usage::
     python bench/convert_speed.py [--duration 60] [--f0-methods fcpe rmvpe] [--repeats 3]
         [--precision fp32 bf16] [--threads 2]
 
+Both precisions are timed by default; ``auto`` (what the CLI and studio use) resolves to bf16 on
+CPUs with native bfloat16 and to fp32 elsewhere, so the two rows bracket it.
+
 The models are real-size with random weights (HuBERT base, RMVPE, RVC's v2 40 kHz pitch
 synthesizer) plus an ``IVF512,Flat`` index of 20k random 768-d rows, written once under
 ``bench/out/`` (git-ignored). The input is the corpus' 3-minute speech file, repeated or cut
@@ -61,7 +64,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=60.0, help="input length in seconds")
     p.add_argument("--f0-methods", nargs="+", default=["fcpe", "rmvpe"], help="F0 methods to time")
     p.add_argument("--repeats", type=int, default=3, help="timed conversions per case")
-    p.add_argument("--precision", nargs="+", default=["fp32"], choices=PRECISIONS)
+    p.add_argument("--precision", nargs="+", default=list(PRECISIONS), choices=PRECISIONS)
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--warmup-duration", type=float, default=10.0, help="warm-up input length in seconds")
     p.add_argument("--no-index", action="store_true", help="convert without the retrieval index")

@@ -2,7 +2,7 @@
 
 Usage::
 
-    python bench/memory.py [--durations 60 600] [--f0-method rmvpe] [--threads 2] [--precision fp32]
+    python bench/memory.py [--durations 60 600] [--f0-method rmvpe] [--threads 2] [--precision auto]
 
 Each duration runs in its own subprocess (so one run's peak cannot hide another's) with the
 real-size random-weight models of ``bench/convert_speed.py``, the index at index_rate 0.75,
@@ -50,7 +50,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--durations", type=float, nargs="+", default=[60.0, 600.0], help="input lengths (s)")
     p.add_argument("--f0-method", default="rmvpe")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     p.add_argument("--trace", action="store_true", help="print the resident set at every progress report")
     p.add_argument(CHILD_FLAG, type=float, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)

@@ -12,14 +12,10 @@ input and output buffers grow with the input.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import logging
-import sys
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -40,6 +36,7 @@ from infer.diffusion.head import (
 )
 from infer.diffusion.refine import RefineParams, refine
 from infer.errors import ModelLoadError, TimbreError
+from infer.memory import release_free_memory
 from infer.models import VoiceModel, build_synthesizer, load_voice_model
 from infer.pitch import PitchExtractor, default_method, get_pitch_extractor
 from infer.pitch.f0 import f0_to_coarse, median_filter_f0, shift_semitones
@@ -433,7 +430,7 @@ def convert(
         pitch = torch.from_numpy(f0_to_coarse(f0)[:p_len].astype(np.int64)).unsqueeze(0).to(voice.device)
         pitchf = torch.from_numpy(f0[:p_len].astype(np.float32)).unsqueeze(0).to(voice.device)
         t0 = timer.add("f0", t0)
-    _release_free_memory()
+    release_free_memory()
     check_stop(should_stop)
 
     generator = None
@@ -484,7 +481,7 @@ def convert(
         audio_out[filled : filled + out.shape[0]] = out
         filled += out.shape[0]
         del out
-        _release_free_memory()
+        release_free_memory()
     report(chunk_progress, 1.0, "synthesis done")
 
     t0 = time.perf_counter()
@@ -621,27 +618,6 @@ def _convert_chunk(
     out = audio[0, 0, offset : offset + total - 2 * trim_samples].float().cpu().numpy()
     timer.add("decoder", t0)
     return out
-
-
-def _release_free_memory() -> None:
-    """Give freed heap memory back to the OS between chunks (glibc ``malloc_trim``; no-op elsewhere).
-
-    Without it, glibc keeps each chunk's freed buffers (backed by huge pages when PyTorch's
-    ``THP_MEM_ALLOC_ENABLE`` is on) and the resident set creeps up by about a gigabyte.
-    """
-    trim = _malloc_trim()
-    if trim is not None:
-        trim(0)
-
-
-@functools.lru_cache(maxsize=1)
-def _malloc_trim() -> Callable[[int], int] | None:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # no glibc (e.g. musl)
-        return None
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:

@@ -161,3 +161,39 @@ def test_segmented_matches_single_pass(extractor: RmvpeExtractor) -> None:
 def test_segment_sizes_are_validated() -> None:
     with pytest.raises(TimbreError, match="multiple of 32"):
         RmvpeExtractor(TINY, segment_frames=100)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_streaming_bigru_equals_the_whole_sequence_gru(layers: int) -> None:
+    from infer.pitch.rmvpe import _StreamingBiGru
+
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(12, 8, num_layers=layers, batch_first=True, bidirectional=True).eval()
+    x = torch.randn(1, 101, 12)
+    with torch.no_grad():
+        whole = gru(x)[0]
+        chunked = _StreamingBiGru(gru)(x, 16)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
+
+
+def test_frame_store_round_trip_and_full_disk() -> None:
+    from infer.pitch.rmvpe import _FrameStore
+
+    values = torch.arange(12, dtype=torch.float32).reshape(4, 3)
+    with _FrameStore(10, 3, torch.device("cpu")) as store:
+        store.write(5, values)
+        torch.testing.assert_close(store.read(6, 9), values[1:])
+
+        class FullDisk:
+            def seek(self, offset: int) -> None:
+                pass
+
+            def write(self, data: object) -> int:
+                raise OSError(28, "No space left on device")
+
+            def close(self) -> None:
+                pass
+
+        store._file = FullDisk()  # type: ignore[assignment]
+        with pytest.raises(TimbreError, match="cannot write temporary frames.*No space left on device"):
+            store.write(0, values)

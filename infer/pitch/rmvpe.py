@@ -18,9 +18,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from infer.errors import ModelLoadError, TimbreError
+from infer.memory import release_free_memory
 from infer.pitch.base import (
     DEFAULT_F0_MAX_HZ,
     DEFAULT_F0_MIN_HZ,
@@ -306,6 +308,62 @@ class RmvpeNet(nn.Module):
         return self.fc(self.features(mel))
 
 
+class _FrameStore:
+    """``(n_frames, width)`` float32 frames written and read back by frame range.
+
+    On the CPU the frames live in an anonymous temporary file (deleted when closed, or by the OS
+    if the process dies), so a long input's BiGRU inputs and outputs do not count against the
+    resident set; on other devices they stay in a device tensor.
+    """
+
+    def __init__(self, n_frames: int, width: int, device: torch.device) -> None:
+        self.n_frames, self.width, self.device = n_frames, width, device
+        self._tensor: torch.Tensor | None = None
+        self._file: IO[bytes] | None = None
+        if device.type == "cpu":
+            try:
+                self._file = tempfile.TemporaryFile(prefix="timbre-rmvpe-")  # noqa: SIM115 (closed by close())
+            except OSError as exc:
+                raise TimbreError(f"rmvpe: cannot create a temporary file for a long input: {exc}") from exc
+        else:
+            self._tensor = torch.empty((n_frames, width), device=device)
+
+    def write(self, start: int, values: torch.Tensor) -> None:
+        """Store ``values`` (n, width) as frames ``start .. start + n``."""
+        if self._tensor is not None:
+            self._tensor[start : start + values.shape[0]] = values
+            return
+        assert self._file is not None
+        data = values.detach().to("cpu", torch.float32).contiguous().numpy()
+        try:
+            self._file.seek(start * self.width * 4)
+            self._file.write(data.data)
+        except OSError as exc:  # e.g. a full disk
+            raise TimbreError(f"rmvpe: cannot write temporary frames for a long input: {exc}") from exc
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """Frames ``start .. stop`` as a (stop - start, width) float32 tensor on the device."""
+        if self._tensor is not None:
+            return self._tensor[start:stop]
+        assert self._file is not None
+        out = np.empty((stop - start, self.width), dtype=np.float32)
+        self._file.seek(start * self.width * 4)
+        if self._file.readinto(out.data) != out.nbytes:
+            raise TimbreError("rmvpe: the temporary frame file was truncated")
+        return torch.from_numpy(out)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+        self._tensor = None
+
+    def __enter__(self) -> _FrameStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class _StreamingBiGru(nn.Module):
     """A bidirectional GRU run chunk by chunk with carried state: exact, with bounded work buffers.
 
@@ -327,25 +385,48 @@ class _StreamingBiGru(nn.Module):
             self.layers.append(pair)
 
     @torch.no_grad()
+    def blocks(self, inputs: _FrameStore, chunk_frames: int) -> Iterator[tuple[int, torch.Tensor]]:
+        """``(start, (n, 2 * hidden) output frames)`` of the last layer, last chunk first.
+
+        The same numbers as the BiGRU over the whole sequence. Every layer's forward direction
+        runs first, front to back, into a store; the backward direction then runs back to front
+        and is joined with it chunk by chunk, so only stores and one chunk are ever held.
+        """
+        n_frames = inputs.n_frames
+        starts = list(range(0, n_frames, chunk_frames))
+        x = inputs
+        for index, (forward_gru, backward_gru) in enumerate(self.layers):
+            last = index == len(self.layers) - 1
+            with _FrameStore(n_frames, forward_gru.hidden_size, x.device) as forward_out:
+                state = None
+                for start in starts:
+                    stop = min(start + chunk_frames, n_frames)
+                    y, state = forward_gru(x.read(start, stop)[None], state)
+                    forward_out.write(start, y[0])
+                out = None if last else _FrameStore(n_frames, 2 * forward_gru.hidden_size, x.device)
+                state = None
+                for start in reversed(starts):
+                    stop = min(start + chunk_frames, n_frames)
+                    y, state = backward_gru(x.read(start, stop).flip(0)[None], state)
+                    both = torch.cat((forward_out.read(start, stop), y[0].flip(0)), dim=1)
+                    if out is None:
+                        yield start, both
+                    else:
+                        out.write(start, both)
+            if x is not inputs:
+                x.close()
+            if out is not None:
+                x = out
+
+    @torch.no_grad()
     def forward(self, x: torch.Tensor, chunk_frames: int) -> torch.Tensor:
         """x: (1, T, in_features) -> (1, T, 2 * hidden), identical to the BiGRU on the whole sequence."""
-        n_frames = x.shape[1]
-        starts = list(range(0, n_frames, chunk_frames))
-        for forward_gru, backward_gru in self.layers:
-            out = x.new_empty((1, n_frames, 2 * forward_gru.hidden_size))
-            hidden_size = forward_gru.hidden_size
-            state = None
-            for start in starts:
-                stop = min(start + chunk_frames, n_frames)
-                y, state = forward_gru(x[:, start:stop], state)
-                out[:, start:stop, :hidden_size] = y
-            state = None
-            for start in reversed(starts):
-                stop = min(start + chunk_frames, n_frames)
-                y, state = backward_gru(x[:, start:stop].flip(1), state)
-                out[:, start:stop, hidden_size:] = y.flip(1)
-            x = out
-        return x
+        with _FrameStore(x.shape[1], x.shape[2], x.device) as store:
+            store.write(0, x[0])
+            out = x.new_empty((1, x.shape[1], 2 * self.layers[0][0].hidden_size))
+            for start, block in self.blocks(store, chunk_frames):
+                out[0, start : start + block.shape[0]] = block
+        return out
 
 
 def load_rmvpe_net(path: str | Path, device: str | torch.device = "cpu") -> RmvpeNet:
@@ -473,10 +554,10 @@ class RmvpeExtractor:
     def _salience_blocks(
         self, audio: np.ndarray, progress: ProgressFn | None, should_stop: StopFn | None
     ) -> Iterator[tuple[int, np.ndarray]]:
-        """``(first frame, (n, 360) salience)`` blocks in order, at most ``segment_frames`` each.
+        """``(first frame, (n, 360) salience)`` blocks, at most ``segment_frames`` each, any order.
 
-        Only the BiGRU's input and output are held for the whole input; the salience, 360 values
-        per frame, exists one block at a time.
+        The BiGRU's whole-input frames go through :class:`_FrameStore` (a temporary file on the
+        CPU), so memory holds one segment's work whatever the input length.
         """
         padded = self._padded(audio)
         n_frames = audio.shape[0] // HOP_LENGTH + 1
@@ -490,24 +571,25 @@ class RmvpeExtractor:
         # padded length (its backward direction starts in the padding), so do the same.
         n_total = n_frames + (-n_frames % FRAME_MULTIPLE)
         starts = list(range(0, n_total, span))
-        features = torch.empty((1, n_total, 3 * N_MELS), device=self.device)
-        for index, start in enumerate(starts):
-            check_stop(should_stop)
-            stop = min(start + span, n_total)
-            lo = max(0, start - context)
-            hi = min(n_total, stop + context)
-            mel = self._mel(padded, lo, min(hi, n_frames))
-            mel = F.pad(mel, (0, hi - lo - mel.shape[-1]))
-            features[:, start:stop] = self.net.features(mel[None])[:, start - lo : stop - lo]
-            report(progress, 0.9 * (index + 1) / len(starts), "rmvpe")
-        del padded
-        check_stop(should_stop)
-        recurrent = self._gru(features, span)
-        del features
         head = self.net.fc[1:]
-        for start in range(0, n_frames, span):
-            stop = min(start + span, n_frames)
-            yield start, head(recurrent[0, start:stop]).cpu().numpy()
+        with _FrameStore(n_total, 3 * N_MELS, self.device) as features:
+            for index, start in enumerate(starts):
+                check_stop(should_stop)
+                stop = min(start + span, n_total)
+                lo = max(0, start - context)
+                hi = min(n_total, stop + context)
+                mel = self._mel(padded, lo, min(hi, n_frames))
+                mel = F.pad(mel, (0, hi - lo - mel.shape[-1]))
+                features.write(start, self.net.features(mel[None])[0, start - lo : stop - lo])
+                del mel
+                release_free_memory()  # or the heap creeps up by ~20 MB per segment
+                report(progress, 0.9 * (index + 1) / len(starts), "rmvpe")
+            del padded
+            check_stop(should_stop)
+            # Last chunk first; frames past n_frames (the 32-frame padding) are dropped.
+            for start, recurrent in self._gru.blocks(features, span):
+                if start < n_frames:
+                    yield start, head(recurrent[: n_frames - start]).cpu().numpy()
         report(progress, 1.0, "rmvpe")
 
     def extract(
