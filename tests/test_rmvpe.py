@@ -195,5 +195,5 @@ def test_frame_store_round_trip_and_full_disk() -> None:
                 pass
 
         store._file = FullDisk()  # type: ignore[assignment]
-        with pytest.raises(TimbreError, match="cannot write temporary frames.*No space left on device"):
+        with pytest.raises(TimbreError, match=r"cannot write temporary frames.*No space left on device"):
             store.write(0, values)
