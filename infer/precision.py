@@ -2,8 +2,8 @@
 
 ``'fp32'`` is RVC's CPU arithmetic and reproduces its numbers. ``'bf16'`` runs the content
 encoder and the decoder (most of the time of a conversion) under bfloat16 autocast: on CPUs with
-AVX-512 BF16 or AMX it is about twice as fast, and the output stays about 45 dB above the
-difference to the fp32 output (``bench/convert_speed.py`` prints the SNR). ``'auto'`` picks
+AVX-512 BF16 or AMX it is about twice as fast, and its output is within about 45 dB SNR of the
+fp32 output (``bench/convert_speed.py`` prints the figure). ``'auto'`` picks
 bf16 on such CPUs and fp32 everywhere else (CPUs without native bf16 would emulate it slowly;
 CUDA keeps RVC's own choice, fp16 weights with ``use_half``).
 """
