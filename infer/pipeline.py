@@ -245,9 +245,7 @@ class Resources:
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        check_precision(self.precision)
-        if self.use_half and self.precision == "bf16":
-            raise ValueError("bf16 cannot be combined with fp16 weights (use_half); choose one")
+        check_precision(self.precision, half_weights=self.use_half)
 
 
 _VOICE_CACHE: OrderedDict[tuple[Any, ...], Voice] = OrderedDict()

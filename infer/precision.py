@@ -48,10 +48,12 @@ def cpu_has_native_bf16() -> bool:
     return bool(cpu_flags() & NATIVE_BF16_CPU_FLAGS)
 
 
-def check_precision(precision: str) -> str:
-    """``precision`` if it is one of :data:`PRECISIONS`; ValueError otherwise."""
+def check_precision(precision: str, *, half_weights: bool = False) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS` and fits the weights; ValueError otherwise."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if half_weights and precision == "bf16":
+        raise ValueError("bf16 cannot be combined with fp16 weights (use_half); choose one")
     return precision
 
 
@@ -61,10 +63,8 @@ def resolve_precision(precision: str, device: torch.device | str, weights_dtype:
     Returns ``'fp32'``, ``'bf16'`` (autocast) or ``'fp16'``: fp16 weights (RVC's ``is_half`` on
     CUDA) run as they are, with no autocast layered on top.
     """
-    check_precision(precision)
+    check_precision(precision, half_weights=weights_dtype == torch.float16)
     if weights_dtype == torch.float16:
-        if precision == "bf16":
-            raise ValueError("bf16 cannot be combined with fp16 weights (use_half); choose one")
         return "fp16"
     if precision != "auto":
         return precision
