@@ -35,8 +35,9 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any, BinaryIO
 
-from infer import __version__
+from infer import __version__, rvc
 from infer.errors import AssetError, Cancelled, TimbreError
+from infer.options import MODEL_SAMPLE_RATES_HZ
 from infer.progress import ProgressFn, StopFn, report
 
 log = logging.getLogger(__name__)
@@ -180,11 +181,6 @@ _HUB_SIZE_BYTES = {
     "pretrained_v2/f0D48k.pth": 142_875_703,
 }
 
-PRETRAINED_PRESETS = ("v1", "v2")
-PRETRAINED_SAMPLE_RATES_HZ = (32_000, 40_000, 48_000)
-_HUB_FOLDER = {"v1": "pretrained", "v2": "pretrained_v2"}
-_LOCAL_FOLDER = {"v1": "pretrained_v1", "v2": "pretrained_v2"}
-_CONTENT_DIM = {"v1": 256, "v2": 768}
 
 
 def _hub_asset(name: str, url_path: str, description: str, kind: str) -> Asset:
@@ -207,9 +203,10 @@ def _default_assets() -> list[Asset]:
         _hub_asset("hubert_base.pt", "hubert_base.pt", "HuBERT base content encoder (fairseq)", "content"),
         _hub_asset("rmvpe.pt", "rmvpe.pt", "RMVPE pitch extractor", "pitch"),
     ]
-    for preset in PRETRAINED_PRESETS:
+    for preset in rvc.versions():
+        layout = rvc.layout(preset)
         for use_f0 in (True, False):
-            for sample_rate in PRETRAINED_SAMPLE_RATES_HZ:
+            for sample_rate in MODEL_SAMPLE_RATES_HZ:
                 for role, kind, what in (
                     ("G", "pretrained_g", "generator"),
                     ("D", "pretrained_d", "discriminator"),
@@ -218,12 +215,12 @@ def _default_assets() -> list[Asset]:
                     pitch = "with pitch (f0)" if use_f0 else "without pitch"
                     description = (
                         f"RVC {preset} base {what}, {sample_rate // 1000} kHz, {pitch}, "
-                        f"{_CONTENT_DIM[preset]}-dim content"
+                        f"{layout.content_dim}-dim content"
                     )
                     assets.append(
                         _hub_asset(
-                            f"{_LOCAL_FOLDER[preset]}/{file_name}",
-                            f"{_HUB_FOLDER[preset]}/{file_name}",
+                            f"{layout.local_pretrained_folder}/{file_name}",
+                            f"{layout.hub_pretrained_folder}/{file_name}",
                             description,
                             kind,
                         )
@@ -236,14 +233,13 @@ DEFAULT_REGISTRY: Registry = make_registry(_default_assets())
 
 def pretrained_pair(preset: str, sample_rate: int, *, use_f0: bool) -> tuple[str, str]:
     """Registry names of the base (generator, discriminator) for a preset ("v1"/"v2") and rate."""
-    if preset not in PRETRAINED_PRESETS:
-        raise AssetError(f"no pretrained files for preset {preset!r}; choose one of {PRETRAINED_PRESETS}")
-    if sample_rate not in PRETRAINED_SAMPLE_RATES_HZ:
+    if preset not in rvc.LAYOUTS:
+        raise AssetError(f"no pretrained files for preset {preset!r}; choose one of {rvc.versions()}")
+    if sample_rate not in MODEL_SAMPLE_RATES_HZ:
         raise AssetError(
-            f"no pretrained files for sample rate {sample_rate} Hz; "
-            f"choose one of {PRETRAINED_SAMPLE_RATES_HZ}"
+            f"no pretrained files for sample rate {sample_rate} Hz; choose one of {MODEL_SAMPLE_RATES_HZ}"
         )
-    folder = _LOCAL_FOLDER[preset]
+    folder = rvc.layout(preset).local_pretrained_folder
     return (
         f"{folder}/{_pretrained_file_name('G', sample_rate, use_f0)}",
         f"{folder}/{_pretrained_file_name('D', sample_rate, use_f0)}",

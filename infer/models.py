@@ -34,10 +34,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from infer import rvc
 from infer.errors import ModelLoadError, UnsafeFileError
 from infer.fsutil import atomic_torch_save
 from infer.nn.configs import ConfigError
 from infer.nn.weight_norm import norm_except_dim0
+from infer.options import DEFAULT_CONTENT_ENCODER, MODEL_SAMPLE_RATES_HZ, OFFLINE_CONTENT_ENCODER
 from infer.safeload import load_checkpoint, load_checkpoint_stubbed
 from infer.synthesizer import POSTERIOR_ENCODER_PREFIX, WHISPER_CONTENT_DIM, SynthConfig, Synthesizer
 
@@ -53,14 +55,7 @@ log = logging.getLogger(__name__)
 
 TIMBRE_KEY = "timbre"
 TIMBRE_FORMAT_VERSION = 1
-DEFAULT_CONTENT_ENCODER = "hubert_base"
 RVC_INFERENCE_KEYS = ("weight", "config", "info", "sr", "f0", "version")
-_VERSIONS = {"v1": 256, "v2": 768}
-# Content widths each file version may hold: v2 files also carry 384-dim whisper-tiny-en models.
-_VERSION_CONTENT_DIMS = {"v1": (256,), "v2": (768, WHISPER_CONTENT_DIM)}
-WHISPER_CONTENT_ENCODER = "whisper-tiny-en"
-_PRESET_SAMPLE_RATES_HZ = (32000, 40000, 48000)
-_SAMPLE_RATE_NAMES = {"32k": 32000, "40k": 40000, "48k": 48000}
 _MAX_LISTED_KEYS = 5
 # Applio's name for the embedder that RVC ships as hubert_base.pt.
 _CONTENT_ENCODER_ALIASES = {"contentvec": DEFAULT_CONTENT_ENCODER, "hubert_base": DEFAULT_CONTENT_ENCODER}
@@ -95,7 +90,7 @@ class ModelMetadata:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.version not in _VERSIONS:
+        if self.version not in rvc.LAYOUTS:
             raise ConfigError(f"ModelMetadata.version must be 'v1' or 'v2', got {self.version!r}")
         if (
             isinstance(self.sample_rate, bool)
@@ -264,10 +259,10 @@ def _from_inference_file(obj: Mapping[str, Any], path: Path, overrides: dict[str
             f"{name}: this model uses the {vocoder!r} vocoder, which Timbre cannot run; only models with the "
             "standard HiFi-GAN (NSF) decoder are supported"
         )
-    version = obj.get("version", "v1")
+    version = obj.get("version", rvc.DEFAULT_VERSION)
     use_f0 = obj.get("f0", 1)
-    if version not in _VERSIONS:
-        raise ModelLoadError(f"{name}: unknown model version {version!r}; expected 'v1' or 'v2'")
+    if version not in rvc.LAYOUTS:
+        raise ModelLoadError(f"{name}: unknown model version {version!r}; expected one of {rvc.versions()}")
     if use_f0 not in (0, 1):
         raise ModelLoadError(f"{name}: 'f0' must be 0 or 1, got {use_f0!r}")
     if "config" in obj:
@@ -285,10 +280,10 @@ def _from_inference_file(obj: Mapping[str, Any], path: Path, overrides: dict[str
             raise ModelLoadError(f"{name}: invalid model config: {exc}") from exc
     else:
         sample_rate_name = obj.get("sr")
-        if sample_rate_name in _SAMPLE_RATE_NAMES:
-            overrides.setdefault("sample_rate", _SAMPLE_RATE_NAMES[sample_rate_name])
+        if sample_rate_name in rvc.SAMPLE_RATE_NAMES:
+            overrides.setdefault("sample_rate", rvc.SAMPLE_RATE_NAMES[sample_rate_name])
         config = _infer_config(state, name, overrides)
-    if config.content_dim not in _VERSION_CONTENT_DIMS[version] or config.use_f0 != bool(use_f0):
+    if config.content_dim not in rvc.allowed_content_dims(version) or config.use_f0 != bool(use_f0):
         raise ModelLoadError(
             f"{name}: the file says version {version!r} and f0={use_f0}, but its weights or the overrides "
             f"give {config.content_dim}-dim content and use_f0={config.use_f0}"
@@ -333,12 +328,12 @@ def _stored_content_dim(state: Mapping[str, Any]) -> int | None:
 
 def _file_version(config: SynthConfig) -> str:
     """The RVC ``version`` a config is stored under: v1 for 256-dim content, else v2."""
-    return "v1" if config.content_dim == _VERSIONS["v1"] else "v2"
+    return rvc.version_for_content_dim(config.content_dim)
 
 
 def _default_content_encoder(config: SynthConfig) -> str:
     """The encoder a model without recorded metadata was trained on, judged by its content width."""
-    return WHISPER_CONTENT_ENCODER if config.content_dim == WHISPER_CONTENT_DIM else DEFAULT_CONTENT_ENCODER
+    return OFFLINE_CONTENT_ENCODER if config.content_dim == WHISPER_CONTENT_DIM else DEFAULT_CONTENT_ENCODER
 
 
 def _metadata_for(
@@ -497,8 +492,8 @@ def _match_decoder_presets(
 ) -> list[tuple[int, list[int], int]]:
     """Distinct (spec_channels, upsample_rates, sample_rate) of the RVC presets fitting the shapes."""
     found: set[tuple[int, tuple[int, ...], int]] = set()
-    for version in _VERSIONS:
-        for rate_hz in _PRESET_SAMPLE_RATES_HZ:
+    for version in rvc.versions():
+        for rate_hz in MODEL_SAMPLE_RATES_HZ:
             preset = SynthConfig.preset(version, rate_hz, use_f0=True)
             if preset.upsample_kernel_sizes != upsample_kernels:
                 continue
@@ -643,7 +638,7 @@ def save_voice_model(
     if config.content_dim == WHISPER_CONTENT_DIM and metadata.content_encoder == DEFAULT_CONTENT_ENCODER:
         raise ValueError(
             f"a {WHISPER_CONTENT_DIM}-dim model was not trained on {DEFAULT_CONTENT_ENCODER}; record its "
-            f"content encoder ({WHISPER_CONTENT_ENCODER}) in the metadata"
+            f"content encoder ({OFFLINE_CONTENT_ENCODER}) in the metadata"
         )
     if (metadata.version, metadata.sample_rate, metadata.use_f0) != (
         expected_version,

@@ -17,9 +17,11 @@ from pathlib import Path
 
 import torch
 
+from infer.options import CONVERT_PRECISIONS, names
+
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = names(CONVERT_PRECISIONS)
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 """``/proc/cpuinfo`` flags of x86 CPUs with bfloat16 dot-product instructions."""
 CPUINFO = Path("/proc/cpuinfo")

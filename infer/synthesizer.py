@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from infer import rvc
 from infer.nn.configs import ConfigError, check_config_keys
 from infer.nn.encoders import PosteriorEncoder, TextEncoder, make_embedding
 from infer.nn.flows import ResidualCouplingBlock
@@ -26,7 +27,6 @@ from infer.nn.weight_norm import WeightNormMixin, fold_weight_norm
 __all__ = [
     "DEFAULT_NOISE_SCALE",
     "POSTERIOR_ENCODER_PREFIX",
-    "RVC_CONFIG_FIELDS",
     "WHISPER_CONTENT_DIM",
     "SynthConfig",
     "Synthesizer",
@@ -45,43 +45,8 @@ FLOW_DILATION_RATE = 1
 FLOW_LAYERS = 3
 FLOW_COUNT = 4
 
-RVC_CONFIG_FIELDS: tuple[str, ...] = (
-    "spec_channels",
-    "segment_size",
-    "inter_channels",
-    "hidden_channels",
-    "filter_channels",
-    "n_heads",
-    "n_layers",
-    "kernel_size",
-    "p_dropout",
-    "resblock",
-    "resblock_kernel_sizes",
-    "resblock_dilation_sizes",
-    "upsample_rates",
-    "upsample_initial_channel",
-    "upsample_kernel_sizes",
-    "spk_embed_dim",
-    "gin_channels",
-    "sample_rate",
-)
-"""Names of the 18 positional constructor arguments RVC stores as a model's ``config`` list."""
-
-_CONTENT_DIMS = (256, 384, 768)
-_PRESET_CONTENT_DIM = {"v1": 256, "v2": 768}
-WHISPER_CONTENT_DIM = 384
-"""Width of the offline ``whisper-tiny-en`` content features; such models use the v2 layout."""
-# (preset name, sample rate) -> (spec_channels, upsample_rates, upsample_kernel_sizes).
-# RVC's v2 at 40 kHz reuses the v1 40 kHz config.
-_PRESET_DECODERS: dict[tuple[str, int], tuple[int, tuple[int, ...], tuple[int, ...]]] = {
-    ("v1", 32000): (513, (10, 4, 2, 2, 2), (16, 16, 4, 4, 4)),
-    ("v1", 40000): (1025, (10, 10, 2, 2), (16, 16, 4, 4)),
-    ("v1", 48000): (1025, (10, 6, 2, 2, 2), (16, 16, 4, 4, 4)),
-    ("v2", 32000): (513, (10, 8, 2, 2), (20, 16, 4, 4)),
-    ("v2", 40000): (1025, (10, 10, 2, 2), (16, 16, 4, 4)),
-    ("v2", 48000): (1025, (12, 10, 2, 2), (24, 20, 4, 4)),
-}
-_SAMPLE_RATE_NAMES = {"32k": 32000, "40k": 40000, "48k": 48000}
+WHISPER_CONTENT_DIM = rvc.WHISPER_CONTENT_DIM
+_CONTENT_DIMS = tuple(sorted({d for v in rvc.versions() for d in rvc.allowed_content_dims(v)}))
 
 
 def _as_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -243,13 +208,10 @@ class SynthConfig:
     @classmethod
     def preset(cls, version: str, sample_rate: int, use_f0: bool) -> SynthConfig:
         """RVC's real-size config for ``version`` ``'v1'``/``'v2'`` at 32000, 40000 or 48000 Hz."""
-        key = (version, sample_rate)
-        if key not in _PRESET_DECODERS:
-            raise ConfigError(
-                f"no synthesizer preset for version={version!r}, sample_rate={sample_rate!r}; "
-                f"choose version from {sorted(_PRESET_CONTENT_DIM)} and sample_rate from 32000, 40000, 48000"
-            )
-        spec_channels, rates, kernels = _PRESET_DECODERS[key]
+        try:
+            spec_channels, rates, kernels = rvc.decoder_preset(version, sample_rate)
+        except rvc.LayoutError as exc:
+            raise ConfigError(f"no synthesizer preset: {exc}") from exc
         return cls(
             spec_channels=spec_channels,
             segment_size=32,
@@ -269,7 +231,7 @@ class SynthConfig:
             spk_embed_dim=109,
             gin_channels=256,
             sample_rate=sample_rate,
-            content_dim=_PRESET_CONTENT_DIM[version],
+            content_dim=rvc.content_dim(version),
             use_f0=use_f0,
         )
 
@@ -282,24 +244,13 @@ class SynthConfig:
         ``content_dim`` None takes the version's HuBERT width; 384 (whisper-tiny-en) is valid only
         with version ``'v2'``, whose file layout such models keep.
         """
-        if isinstance(config_list, (str, bytes)) or not isinstance(config_list, Sequence):
-            raise ConfigError(f"an RVC config is a list of 18 values, got {type(config_list).__name__}")
-        if len(config_list) != len(RVC_CONFIG_FIELDS):
-            raise ConfigError(
-                f"an RVC config has {len(RVC_CONFIG_FIELDS)} values, this one has {len(config_list)}"
-            )
-        if version not in _PRESET_CONTENT_DIM:
-            raise ConfigError(
-                f"unknown model version {version!r}; expected one of {sorted(_PRESET_CONTENT_DIM)}"
-            )
-        values = dict(zip(RVC_CONFIG_FIELDS, config_list, strict=True))
-        if isinstance(values["sample_rate"], str):
-            if values["sample_rate"] not in _SAMPLE_RATE_NAMES:
-                raise ConfigError(f"unknown sample rate {values['sample_rate']!r} in the RVC config")
-            values["sample_rate"] = _SAMPLE_RATE_NAMES[values["sample_rate"]]
-        allowed = (_PRESET_CONTENT_DIM[version], *((WHISPER_CONTENT_DIM,) if version == "v2" else ()))
+        try:
+            values = rvc.config_values(config_list)
+            allowed = rvc.allowed_content_dims(version)
+        except rvc.LayoutError as exc:
+            raise ConfigError(str(exc)) from exc
         if content_dim is None:
-            content_dim = _PRESET_CONTENT_DIM[version]
+            content_dim = allowed[0]
         elif content_dim not in allowed:
             raise ConfigError(
                 f"a version {version!r} model cannot have {content_dim}-dim content; "
@@ -309,27 +260,7 @@ class SynthConfig:
 
     def to_rvc_config(self) -> list[Any]:
         """RVC's 18-item ``config`` list, with the python types RVC writes (lists, nested lists)."""
-        p_dropout: float | int = int(self.p_dropout) if self.p_dropout.is_integer() else self.p_dropout
-        return [
-            self.spec_channels,
-            self.segment_size,
-            self.inter_channels,
-            self.hidden_channels,
-            self.filter_channels,
-            self.n_heads,
-            self.n_layers,
-            self.kernel_size,
-            p_dropout,
-            self.resblock,
-            list(self.resblock_kernel_sizes),
-            [list(d) for d in self.resblock_dilation_sizes],
-            list(self.upsample_rates),
-            self.upsample_initial_channel,
-            list(self.upsample_kernel_sizes),
-            self.spk_embed_dim,
-            self.gin_channels,
-            self.sample_rate,
-        ]
+        return rvc.config_list(asdict(self))
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SynthConfig:
@@ -370,7 +301,7 @@ class Synthesizer(nn.Module):
     def __init__(self, config: SynthConfig, *, use_posterior_encoder: bool = True) -> None:
         super().__init__()
         self.config = config
-        if config.content_dim != _PRESET_CONTENT_DIM["v1"]:
+        if rvc.text_encoder_last(config.content_dim):
             order = ("dec", "enc_q", "flow", "emb_g", "enc_p")
         else:
             order = ("enc_p", "dec", "enc_q", "flow", "emb_g")

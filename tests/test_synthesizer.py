@@ -11,7 +11,8 @@ import torch
 
 from infer.models import build_synthesizer, load_voice_model
 from infer.nn import ConfigError, RelativeMultiHeadAttention, SineGenerator, sequence_mask, slice_segments
-from infer.synthesizer import RVC_CONFIG_FIELDS, SynthConfig, Synthesizer
+from infer.rvc import CONFIG_FIELDS as RVC_CONFIG_FIELDS
+from infer.synthesizer import SynthConfig, Synthesizer
 from tests.helpers import SYNTH_GOLDEN_DIR
 
 ATOL = 1e-4

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from infer import rvc
 from infer.errors import TimbreError
 from infer.progress import ProgressFn, StopFn, check_stop, report
 
@@ -43,7 +44,6 @@ GT_WAVS_DIRNAME = "0_gt_wavs"
 WAVS_16K_DIRNAME = "1_16k_wavs"
 F0_COARSE_DIRNAME = "2a_f0"
 F0_HZ_DIRNAME = "2b-f0nsf"
-FEATURE_DIRNAMES = {"v1": "3_feature256", "v2": "3_feature768"}
 FEATURE_STATE_FILENAME = "features_state.json"
 STATE_FORMAT = 1
 CONTENT_SAMPLE_RATE_HZ = 16000
@@ -114,7 +114,7 @@ class TrainingExample:
 def feature_dir(work_dir: str | os.PathLike[str], version: str) -> Path:
     """The content-feature folder of ``version`` ('v1' or 'v2') in ``work_dir``."""
     _check_version(version)
-    return Path(work_dir) / FEATURE_DIRNAMES[version]
+    return Path(work_dir) / rvc.layout(version).feature_dirname
 
 
 def extract_features(
@@ -159,7 +159,7 @@ def extract_features(
     work = Path(work_dir)
     wav_dir = work / WAVS_16K_DIRNAME
     names = _segment_names(wav_dir)
-    content_dir = work / FEATURE_DIRNAMES[version]
+    content_dir = work / rvc.layout(version).feature_dirname
     coarse_dir, hz_dir = work / F0_COARSE_DIRNAME, work / F0_HZ_DIRNAME
     out_dirs = [content_dir, coarse_dir, hz_dir] if use_f0 else [content_dir]
     for folder in out_dirs:
@@ -535,8 +535,8 @@ def read_segment_16k(path: Path) -> np.ndarray:
 
 
 def _check_version(version: str) -> None:
-    if version not in FEATURE_DIRNAMES:
-        raise ValueError(f"version must be one of {sorted(FEATURE_DIRNAMES)}, got {version!r}")
+    if version not in rvc.LAYOUTS:
+        raise ValueError(f"version must be one of {rvc.versions()}, got {version!r}")
 
 
 def _segment_sort_key(name: str) -> tuple[int, int, str]:

@@ -25,21 +25,23 @@ from typing import Any
 import numpy as np
 import torch
 
+from infer import rvc
 from infer.errors import TimbreError
 from infer.fsutil import atomic_write_text
+from infer.options import OFFLINE_CONTENT_ENCODER, TRAIN_STAGES, names
 from infer.progress import ProgressFn, StopFn, check_stop, report, sub_progress
 from train.slicing import SliceConfig
 
 log = logging.getLogger(__name__)
 
-STAGES = ("prepare", "extract", "fit", "index", "diffusion", "distill", "report", "export")
+STAGES = names(TRAIN_STAGES)
 TEACHER_HEAD = "diffusion_teacher.pt"
 # Denoiser size for full models: LCM-4 at this size adds about a fifth to a conversion's time
 # (bench/diffusion_quality.py); 256 channels x 20 layers added half.
 FULL_DENOISER_CHANNELS = 128
 FULL_DENOISER_LAYERS = 12
 LCM_HEAD = "diffusion_lcm.pt"
-WHISPER_ENCODER = "whisper-tiny-en"
+WHISPER_ENCODER = OFFLINE_CONTENT_ENCODER
 MetricsCallback = Callable[[int, dict[str, float]], None]
 LogCallback = Callable[[str], None]
 
@@ -267,15 +269,13 @@ def stage_extract(
 def _feature_dim(settings: TrainSettings) -> int | None:
     """Width of the extracted content features when it is not the version's HuBERT width."""
     from train.features import feature_dir
-    from train.vits import VERSIONS
-
     folder = feature_dir(settings.work_dir, settings.version)
     first = next((p for p in sorted(folder.glob("*.npy")) if not p.name.startswith(".")), None)
     if first is None:
         return None
     shape = np.load(first, mmap_mode="r").shape
     width = int(shape[1]) if len(shape) == 2 else None
-    return None if width in (None, VERSIONS[settings.version]) else width
+    return None if width in (None, rvc.content_dim(settings.version)) else width
 
 
 def _heldout(settings: TrainSettings) -> tuple[str, ...]:

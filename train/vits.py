@@ -50,12 +50,14 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from infer import rvc
 from infer.errors import TimbreError
 from infer.fsutil import atomic_path
 from infer.models import ModelMetadata, save_voice_model
 from infer.nn.configs import ConfigError, check_config_keys
 from infer.nn.discriminators import DiscriminatorConfig, MultiPeriodDiscriminator
 from infer.nn.masks import slice_segments
+from infer.options import MODEL_SIZES, TRAIN_PRECISIONS, names
 from infer.progress import ProgressFn, StopFn, report
 from infer.safeload import load_checkpoint
 from infer.synthesizer import SynthConfig, Synthesizer
@@ -97,9 +99,6 @@ FEATURE_UPSAMPLE = 2
 SPEAKER_ID = 0
 RVC_EXPORT_SEGMENT_FRAMES = 32
 """RVC writes 32 into the inference file's config whatever the training window was."""
-PRECISIONS = ("fp32", "fp16", "bf16")
-MODEL_SIZES = ("full", "tiny")
-VERSIONS = {"v1": 256, "v2": 768}
 # RVC's train.segment_size (samples) per (version, rate); v2 at 40 kHz uses the v1 config.
 _SEGMENT_SAMPLES: dict[tuple[str, int], int] = {
     ("v1", 32000): 12800,
@@ -208,10 +207,10 @@ class VitsTrainConfig:
         def bad(message: str) -> ConfigError:
             return ConfigError(f"VitsTrainConfig: {message}")
 
-        if self.version not in VERSIONS:
-            raise bad(f"version must be one of {sorted(VERSIONS)}, got {self.version!r}")
+        if self.version not in rvc.LAYOUTS:
+            raise bad(f"version must be one of {rvc.versions()}, got {self.version!r}")
         if self.size not in MODEL_SIZES:
-            raise bad(f"size must be one of {MODEL_SIZES}, got {self.size!r}")
+            raise bad(f"size must be one of {names(MODEL_SIZES)}, got {self.size!r}")
         allowed_rates = (16000, 32000, 40000, 48000) if self.size == "tiny" else (32000, 40000, 48000)
         if self.sample_rate not in allowed_rates:
             raise bad(
@@ -248,8 +247,8 @@ class VitsTrainConfig:
             isinstance(self.grad_clip_norm, (int, float)) and self.grad_clip_norm > 0
         ):
             raise bad(f"grad_clip_norm must be > 0 or None, got {self.grad_clip_norm!r}")
-        if self.precision not in PRECISIONS:
-            raise bad(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision not in TRAIN_PRECISIONS:
+            raise bad(f"precision must be one of {names(TRAIN_PRECISIONS)}, got {self.precision!r}")
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise bad(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
         hop = self.spectrogram.hop_length
@@ -264,7 +263,7 @@ class VitsTrainConfig:
     @property
     def content_dim(self) -> int:
         """Content-feature width: ``feature_dim``, else the version's (256 or 768)."""
-        return self.feature_dim or VERSIONS[self.version]
+        return self.feature_dim or rvc.content_dim(self.version)
 
     @property
     def spectrogram(self) -> SpectrogramConfig:

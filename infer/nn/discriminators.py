@@ -9,16 +9,13 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from infer import rvc
 from infer.nn.configs import ConfigError, check_config_keys
 from infer.nn.weight_norm import WeightNormConv1d, WeightNormConv2d
 
 __all__ = ["DiscriminatorConfig", "MultiPeriodDiscriminator", "PeriodDiscriminator", "ScaleDiscriminator"]
 
 LEAKY_SLOPE = 0.1
-_PRESET_PERIODS: dict[str, tuple[int, ...]] = {
-    "v1": (2, 3, 5, 7, 11, 17),
-    "v2": (2, 3, 5, 7, 11, 17, 23, 37),
-}
 
 
 @dataclass(frozen=True)
@@ -54,11 +51,10 @@ class DiscriminatorConfig:
     @classmethod
     def preset(cls, version: str) -> DiscriminatorConfig:
         """RVC's discriminator for ``version`` ``'v1'`` (6 periods) or ``'v2'`` (8 periods)."""
-        if version not in _PRESET_PERIODS:
-            raise ConfigError(
-                f"unknown discriminator preset {version!r}; choose one of {sorted(_PRESET_PERIODS)}"
-            )
-        return cls(periods=_PRESET_PERIODS[version])
+        try:
+            return cls(periods=rvc.layout(version).discriminator_periods)
+        except rvc.LayoutError as exc:
+            raise ConfigError(f"unknown discriminator preset: {exc}") from exc
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DiscriminatorConfig:
