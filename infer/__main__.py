@@ -7,13 +7,69 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+from infer.options import (
+    CONVERT_PRECISIONS,
+    F0_METHODS,
+    OUTPUT_FORMATS,
+    REFINE_STARTS,
+    SAMPLER_OFF,
+    SAMPLERS,
+    help_text,
+    names,
+)
 
 log = logging.getLogger("infer")
 
-AUDIO_SUFFIXES = frozenset(
-    {".wav", ".flac", ".mp3", ".m4a", ".ogg", ".opus", ".aac", ".wma", ".webm", ".mp4", ".mkv", ".mov"}
-)
-OUTPUT_FORMATS = ("wav", "flac", "mp3", "m4a")
+# CLI flag -> flat conversion form name (infer.params.convert_params_from_form).
+_CONVERT_FLAGS = {
+    "pitch_shift": "pitch_shift_semitones",
+    "f0_method": "f0_method",
+    "index_rate": "index_rate",
+    "filter_radius": "filter_radius",
+    "rms_mix_rate": "rms_mix_rate",
+    "protect": "protect",
+    "output_sample_rate": "output_sample_rate",
+    "speaker_id": "speaker_id",
+    "seed": "seed",
+    "sampler": "sampler",
+    "steps": "steps",
+    "guidance": "guidance_weight",
+    "refine_start": "refine_start",
+    "refine_strength": "refine_strength",
+}
+
+
+def add_convert_options(p: argparse.ArgumentParser) -> None:
+    """The conversion knobs and resources, shared by every command that converts."""
+    p.add_argument("--model", "-m", required=True, type=Path, help="voice model .pth (RVC or Timbre)")
+    p.add_argument("--index", "-i", type=Path, default=None, help="faiss index (added_*.index)")
+    p.add_argument("--pitch-shift", type=float, default=0.0, help="semitones, +12 = one octave up")
+    p.add_argument("--f0-method", choices=names(F0_METHODS), default=None, help=help_text(F0_METHODS))
+    p.add_argument("--index-rate", type=float, default=0.75)
+    p.add_argument("--filter-radius", type=int, default=3)
+    p.add_argument("--rms-mix-rate", type=float, default=0.25)
+    p.add_argument("--protect", type=float, default=0.33)
+    p.add_argument("--output-sample-rate", type=int, default=0, help="0 keeps the model's rate")
+    p.add_argument("--speaker-id", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="fix the synthesis noise")
+    p.add_argument("--sampler", choices=names(SAMPLERS), default=SAMPLER_OFF, help=help_text(SAMPLERS))
+    p.add_argument("--steps", type=int, default=4, help="diffusion steps (each sampler's limit in --sampler)")
+    p.add_argument("--guidance", type=float, default=0.0, help="guidance weight w")
+    p.add_argument(
+        "--refine-start", choices=names(REFINE_STARTS), default="shallow", help=help_text(REFINE_STARTS)
+    )
+    p.add_argument("--refine-strength", type=float, default=0.5, help="noise level of the shallow start")
+    p.add_argument("--content-encoder", default=None, help="name or path of the content encoder weights")
+    p.add_argument("--rmvpe", type=Path, default=None, help="path of rmvpe.pt")
+    p.add_argument("--pretrained-dir", type=Path, default=None, help="folder of base files")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--half", action="store_true", help="fp16 weights on CUDA (RVC's is_half)")
+    p.add_argument(
+        "--precision", choices=names(CONVERT_PRECISIONS), default="auto", help=help_text(CONVERT_PRECISIONS)
+    )
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
 
 def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -23,58 +79,9 @@ def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Convert one or more audio files (or folders of them) into the voice of a model.",
     )
     p.add_argument("inputs", nargs="+", type=Path, help="audio files or folders")
-    p.add_argument("--model", "-m", required=True, type=Path, help="voice model .pth (RVC or Timbre)")
-    p.add_argument("--index", "-i", type=Path, default=None, help="faiss index (added_*.index)")
     p.add_argument("--output", "-o", required=True, type=Path, help="output file (one input) or folder")
     p.add_argument("--format", choices=OUTPUT_FORMATS, default=None, help="output format (default: wav)")
-    p.add_argument("--pitch-shift", type=float, default=0.0, help="semitones, +12 = one octave up")
-    p.add_argument("--f0-method", default=None, help="pm, harvest, crepe, crepe-tiny, fcpe, rmvpe")
-    p.add_argument("--index-rate", type=float, default=0.75)
-    p.add_argument("--filter-radius", type=int, default=3)
-    p.add_argument("--rms-mix-rate", type=float, default=0.25)
-    p.add_argument("--protect", type=float, default=0.33)
-    p.add_argument("--output-sample-rate", type=int, default=0, help="0 keeps the model's rate")
-    p.add_argument("--speaker-id", type=int, default=0)
-    p.add_argument("--seed", type=int, default=None, help="fix the synthesis noise")
-    p.add_argument(
-        "--sampler",
-        choices=("off", "ddpm", "ddim", "lcm"),
-        default="off",
-        help="diffusion refinement of the decoder latent (off = RVC's path)",
-    )
-    p.add_argument("--steps", type=int, default=4, help="diffusion steps (LCM: 1-4)")
-    p.add_argument("--guidance", type=float, default=0.0, help="guidance weight w")
-    p.add_argument("--refine-start", choices=("shallow", "noise"), default="shallow")
-    p.add_argument("--refine-strength", type=float, default=0.5, help="noise level of the shallow start")
-    p.add_argument("--content-encoder", default=None, help="name or path of the HuBERT/ContentVec weights")
-    p.add_argument("--rmvpe", type=Path, default=None, help="path of rmvpe.pt")
-    p.add_argument("--pretrained-dir", type=Path, default=None, help="folder of base files")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
-    p.add_argument("--half", action="store_true", help="fp16 weights on CUDA (RVC's is_half)")
-    p.add_argument(
-        "--precision",
-        choices=("auto", "fp32", "bf16"),
-        default="auto",
-        help="auto: bf16 on CPUs with native bfloat16, else fp32; fp32 gives RVC's exact numbers",
-    )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-
-
-def _collect_inputs(inputs: list[Path]) -> list[Path]:
-    from infer.errors import AudioDecodeError
-
-    files: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
-            if not found:
-                raise AudioDecodeError(f"{item}: no audio files in this folder")
-            files.extend(found)
-        elif item.is_file():
-            files.append(item)
-        else:
-            raise AudioDecodeError(f"{item}: no such file or folder")
-    return files
+    add_convert_options(p)
 
 
 def _output_paths(files: list[Path], output: Path, fmt: str | None) -> list[Path]:
@@ -84,32 +91,15 @@ def _output_paths(files: list[Path], output: Path, fmt: str | None) -> list[Path
     return [output / (f.stem + suffix) for f in files]
 
 
-def _run_convert(args: argparse.Namespace) -> int:
+def converter_from_args(args: argparse.Namespace) -> Any:
+    """The prepared :class:`~infer.pipeline.Converter` the conversion flags ask for."""
     import torch
-    from tqdm import tqdm
 
     from infer.assets import default_pretrained_dir
-    from infer.audio import load_audio, save_audio
-    from infer.pipeline import ConvertParams, Resources, convert, load_voice
+    from infer.pipeline import Converter, Resources, load_voice
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    params = ConvertParams(
-        pitch_shift_semitones=args.pitch_shift,
-        f0_method=args.f0_method,
-        index_rate=args.index_rate,
-        filter_radius=args.filter_radius,
-        rms_mix_rate=args.rms_mix_rate,
-        protect=args.protect,
-        output_sample_rate=args.output_sample_rate,
-        speaker_id=args.speaker_id,
-        seed=args.seed,
-        sampler=args.sampler,
-        diffusion_steps=args.steps,
-        guidance_weight=args.guidance,
-        refine_start=args.refine_start,
-        refine_strength=args.refine_strength,
-    )
     resources = Resources(
         pretrained_dir=args.pretrained_dir or default_pretrained_dir(),
         content_encoder=args.content_encoder,
@@ -118,31 +108,50 @@ def _run_convert(args: argparse.Namespace) -> int:
         use_half=args.half,
         precision=args.precision,
     )
-    files = _collect_inputs(args.inputs)
-    outputs = _output_paths(files, args.output, args.format)
     voice = load_voice(args.model, args.index, device=args.device, use_half=args.half)
-    failures = 0
-    for src, dst in zip(files, outputs, strict=True):
-        with tqdm(total=100, desc=src.name, unit="%", leave=True, file=sys.stderr) as bar:
+    return Converter(voice, resources)
 
-            def progress(fraction: float, stage: str, bar: tqdm = bar) -> None:
-                bar.n = round(fraction * 100)
-                bar.set_postfix_str(stage, refresh=True)
 
-            try:
-                audio = load_audio(src, 16000)
-                result = convert(audio, voice, params, resources=resources, progress=progress)
-            except Exception as exc:
-                if len(files) == 1 or not _is_user_error(exc):
-                    raise
-                failures += 1
-                log.error("%s: %s", src, exc)
-                continue
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        save_audio(dst, result.audio, result.sample_rate)
-        timings = ", ".join(f"{k} {v:.2f}s" for k, v in result.timings_s.items())
-        log.info("%s -> %s (%s arithmetic; %s)", src, dst, result.precision, timings)
-    return 1 if failures else 0
+def params_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~infer.params.ConvertParams` the conversion flags ask for."""
+    from infer.params import convert_params_from_form
+
+    return convert_params_from_form({form: getattr(args, flag) for flag, form in _CONVERT_FLAGS.items()})
+
+
+def tqdm_progress(name: str) -> tuple[Any, Any]:
+    """A tqdm bar on stderr and a ``progress(fraction, stage)`` callback driving it."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=100, desc=name, unit="%", leave=True, file=sys.stderr)
+
+    def progress(fraction: float, stage: str) -> None:
+        bar.n = round(fraction * 100)
+        bar.set_postfix_str(stage, refresh=True)
+
+    return bar, progress
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from infer.batch import collect_inputs, convert_files
+
+    params = params_from_args(args)
+    files = collect_inputs(args.inputs)
+    jobs = list(zip(files, _output_paths(files, args.output, args.format), strict=True))
+    converter = converter_from_args(args)
+    bar, progress = tqdm_progress(files[0].name if len(files) == 1 else f"{len(files)} files")
+    with bar:
+        outcome = convert_files(converter, jobs, params, progress=progress)
+    for item in outcome.files:
+        if item.error is not None:
+            log.error("%s: %s", item.source, item.error)
+            continue
+        assert item.result is not None
+        timings = ", ".join(f"{k} {v:.2f}s" for k, v in item.result.timings_s.items())
+        log.info("%s -> %s (%s arithmetic; %s)", item.source, item.output, item.result.precision, timings)
+        for warning in item.warnings:
+            log.warning("%s: %s", item.source.name, warning)
+    return 1 if outcome.failed else 0
 
 
 def _is_user_error(exc: BaseException) -> bool:

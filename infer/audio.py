@@ -236,6 +236,34 @@ def load_audio(
     mono: bool = True,
     decode_timeout_s: float = DECODE_TIMEOUT_S,
 ) -> np.ndarray:
+    """Decode any file ffmpeg reads at ``sample_rate``: :func:`decode_audio` without its warnings."""
+    return decode_audio(path, sample_rate, mono=mono, decode_timeout_s=decode_timeout_s).audio
+
+
+@dataclass(frozen=True)
+class DecodedAudio:
+    """Decoded samples and what the decoding found.
+
+    Attributes:
+        audio: (L,) or (L, C) float32 at the requested rate.
+        native_sample_rate: the file's own rate in Hz.
+        channels: the file's channel count.
+        warnings: findings a user should see (truncated file, channels averaged, resampled).
+    """
+
+    audio: np.ndarray
+    native_sample_rate: int
+    channels: int
+    warnings: tuple[str, ...]
+
+
+def decode_audio(
+    path: str | Path,
+    sample_rate: int,
+    *,
+    mono: bool = True,
+    decode_timeout_s: float = DECODE_TIMEOUT_S,
+) -> DecodedAudio:
     """Decode any file ffmpeg reads (wav, flac, mp3, m4a, ogg/opus, video) at ``sample_rate``.
 
     The first audio stream is decoded at its native rate to float32, averaged over channels when
@@ -253,7 +281,7 @@ def load_audio(
         decode_timeout_s: ffmpeg is stopped after this many seconds.
 
     Returns:
-        (L,) or (L, C) float32.
+        The samples, (L,) or (L, C) float32, and the decoding's warnings.
 
     Raises:
         BadAudioError: reason 'not_found', 'unreadable', 'empty', 'not_audio', 'no_audio_stream',
@@ -295,21 +323,26 @@ def load_audio(
         ) from exc
     if data.shape[0] == 0:
         raise BadAudioError(f"{path.name} holds no audio samples; pick a file with sound", reason="empty")
+    warnings: list[str] = []
     errors = _error_lines(stderr)
     if errors:
         decoded_s = data.shape[0] / native_rate
         claimed_s = _claimed_duration_s(stderr)
         claimed = f"of the {claimed_s:.2f} s the header claims" if claimed_s else "(header gives no duration)"
-        log.warning(
-            "%s: ffmpeg reported decoding errors (%s); decoded %.2f s %s. The file looks truncated or "
-            "damaged; using the decodable part (re-export the file to get all of it)",
-            path.name,
-            errors[0],
-            decoded_s,
-            claimed,
+        warnings.append(
+            f"ffmpeg reported decoding errors ({errors[0]}); decoded {decoded_s:.2f} s {claimed}. The file "
+            "looks truncated or damaged; the decodable part was used (re-export the file to get all of it)"
         )
+    channels = int(data.shape[1])
+    if mono and channels > 1:
+        warnings.append(f"the {channels} channels were averaged to mono")
+    if native_rate != sample_rate:
+        log.debug("%s: resampled from %d Hz to %d Hz", path.name, native_rate, sample_rate)
+    for warning in warnings:
+        log.warning("%s: %s", path.name, warning)
     audio = data.mean(axis=1, dtype=np.float32) if mono else data
-    return resample(audio, native_rate, sample_rate)  # always a new, writable array
+    # resample always returns a new, writable array
+    return DecodedAudio(resample(audio, native_rate, sample_rate), native_rate, channels, tuple(warnings))
 
 
 def resample(audio: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:

@@ -133,6 +133,18 @@ TRAIN_STAGES: dict[str, Choice] = _table(
     Choice("export", "install into the models folder and write the zip"),
 )
 RUN_ALL = "run_all"
+
+AUDIO_SUFFIXES = frozenset(
+    {
+        ".wav", ".wave", ".flac", ".mp3", ".m4a", ".m4b", ".aac", ".ogg", ".oga", ".opus", ".wma",
+        ".webm", ".mp4", ".mkv", ".mka", ".mov", ".avi", ".3gp", ".aif", ".aiff", ".aifc", ".caf",
+        ".au", ".wv", ".ac3", ".amr", ".alac", ".ape", ".mp2",
+    }
+)  # fmt: skip
+"""File suffixes taken as audio when a folder or a zip is searched (ffmpeg reads them all)."""
+
+OUTPUT_FORMATS = ("wav", "flac", "mp3", "m4a")
+"""Formats converted audio can be written in (see :func:`infer.audio.save_audio`)."""
 OPTIONAL_STAGES = ("diffusion", "distill")
 """Stages that *Run all* includes only when the user ticks them."""
 

@@ -13,37 +13,39 @@ input and output buffers grow with the input.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field, fields
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from infer import dsp
-from infer.assets import default_pretrained_dir
+from infer import dsp, rvc
 from infer.audio import check_convertible, resample
 from infer.content import ContentEncoder, load_content_encoder
-from infer.diffusion.denoiser import Denoiser
-from infer.diffusion.head import (
-    DiffusionHead,
-    DiffusionHeadError,
-    head_kind_for_sampler,
-    load_head_for_sampler,
-)
-from infer.diffusion.refine import RefineParams, refine
+from infer.diffusion.refine import refine
 from infer.errors import ModelLoadError, TimbreError
 from infer.memory import release_free_memory
-from infer.models import VoiceModel, build_synthesizer, load_voice_model
+from infer.options import DEFAULT_CONTENT_ENCODER
+from infer.params import ConversionResult, ConvertParams, PaddingConfig
 from infer.pitch import PitchExtractor, default_method, get_pitch_extractor
 from infer.pitch.f0 import f0_to_coarse, median_filter_f0, shift_semitones
-from infer.precision import check_precision, resolve_precision
+from infer.precision import resolve_precision
 from infer.progress import ProgressFn, StopFn, check_stop, report, sub_progress
-from infer.retrieval import RetrievalIndex, check_dim, load_index, search_and_blend
-from infer.synthesizer import Synthesizer
+from infer.retrieval import search_and_blend
+from infer.voice import Resources, Voice, load_voice
+
+__all__ = [
+    "ChunkState",
+    "ConversionResult",
+    "ConvertParams",
+    "Converter",
+    "PaddingConfig",
+    "Resources",
+    "Voice",
+    "convert",
+    "load_voice",
+    "split_points",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,281 +53,6 @@ SAMPLE_RATE_16K = 16000
 WINDOW_SAMPLES = 160  # F0 hop at 16 kHz: 100 frames per second
 INPUT_PEAK_LIMIT = 0.95  # RVC scales inputs whose peak exceeds this
 OUTPUT_PEAK_LIMIT = 0.99
-F0_METHODS = ("pm", "harvest", "crepe", "crepe-tiny", "fcpe", "rmvpe")
-SAMPLERS = ("off", "ddpm", "ddim", "lcm")
-LCM_MAX_STEPS = 4
-
-
-@dataclass(frozen=True)
-class PaddingConfig:
-    """RVC's chunking constants in seconds (``x_pad``, ``x_query``, ``x_center``, ``x_max``)."""
-
-    pad_s: int = 1
-    query_s: int = 6
-    center_s: int = 38
-    max_s: int = 41
-
-    @classmethod
-    def cpu(cls) -> PaddingConfig:
-        """RVC's values on the CPU or without half precision."""
-        return cls(1, 6, 38, 41)
-
-    @classmethod
-    def gpu_half(cls) -> PaddingConfig:
-        """RVC's values for fp16 on a GPU (longer chunks)."""
-        return cls(3, 10, 60, 65)
-
-    def __post_init__(self) -> None:
-        if not (self.pad_s > 0 and 0 < self.query_s < self.center_s < self.max_s):
-            raise ValueError(f"inconsistent padding config {self}")
-
-
-@dataclass(frozen=True)
-class ConvertParams:
-    """Every knob of a conversion, with RVC's defaults.
-
-    Attributes:
-        pitch_shift_semitones: transpose of the source F0 (+12 = one octave up).
-        f0_method: pm, harvest, crepe, crepe-tiny, fcpe or rmvpe; None picks rmvpe when its
-            weights are present, else fcpe.
-        index_rate: share of retrieved index features blended into the content features.
-        filter_radius: median filter on harvest F0 when >= 3 (RVC's semantics).
-        rms_mix_rate: 1 keeps the output's loudness envelope, 0 imposes the input's.
-        protect: unvoiced frames keep this share of the index-blended features (0.5 = off).
-        output_sample_rate: resample the output to this rate; 0 keeps the model's rate.
-        speaker_id: row of the speaker embedding for multi-speaker models.
-        noise_scale: scale of the prior sample (RVC: 0.66666).
-        seed: seed for the prior and NSF noise; None draws fresh noise.
-        padding: chunking constants; None picks RVC's CPU or GPU-fp16 values.
-        sampler: ``'off'`` (the VITS prior + flow, RVC's path) or a diffusion sampler over the
-            decoder latent: ``'ddpm'``, ``'ddim'`` (need the model's teacher head) or ``'lcm'``
-            (needs its distilled head).
-        diffusion_steps: sampler steps (LCM: 1 to 4).
-        guidance_weight: classifier-free guidance weight w >= 0 (0 = conditional prediction).
-        refine_start: ``'shallow'`` starts from the VITS latent noised to ``refine_strength``;
-            ``'noise'`` starts from pure noise (LCM-SVC).
-        refine_strength: for the shallow start, the fraction of the diffusion time, in (0, 1].
-    """
-
-    pitch_shift_semitones: float = 0.0
-    f0_method: str | None = None
-    index_rate: float = 0.75
-    filter_radius: int = 3
-    rms_mix_rate: float = 0.25
-    protect: float = 0.33
-    output_sample_rate: int = 0
-    speaker_id: int = 0
-    noise_scale: float = 0.66666
-    seed: int | None = None
-    padding: PaddingConfig | None = None
-    sampler: str = "off"
-    diffusion_steps: int = 4
-    guidance_weight: float = 0.0
-    refine_start: str = "shallow"
-    refine_strength: float = 0.5
-
-    def __post_init__(self) -> None:
-        checks = [
-            (-48 <= self.pitch_shift_semitones <= 48, "pitch_shift_semitones must be within ±48"),
-            (
-                self.f0_method is None or self.f0_method in F0_METHODS,
-                f"f0_method must be one of {F0_METHODS}",
-            ),
-            (0.0 <= self.index_rate <= 1.0, "index_rate must be in [0, 1]"),
-            (0 <= self.filter_radius <= 7, "filter_radius must be in [0, 7]"),
-            (0.0 <= self.rms_mix_rate <= 1.0, "rms_mix_rate must be in [0, 1]"),
-            (0.0 <= self.protect <= 0.5, "protect must be in [0, 0.5]"),
-            (
-                self.output_sample_rate == 0 or self.output_sample_rate >= 16000,
-                "output_sample_rate must be 0 (model rate) or at least 16000",
-            ),
-            (self.speaker_id >= 0, "speaker_id must be >= 0"),
-            (0.0 <= self.noise_scale <= 2.0, "noise_scale must be in [0, 2]"),
-            (self.sampler in SAMPLERS, f"sampler must be one of {SAMPLERS}"),
-            (
-                1 <= self.diffusion_steps <= (LCM_MAX_STEPS if self.sampler == "lcm" else 1000),
-                "diffusion_steps must be 1 to 4 for lcm and 1 to 1000 for ddpm/ddim",
-            ),
-            (0.0 <= self.guidance_weight <= 20.0, "guidance_weight must be in [0, 20]"),
-            (self.refine_start in ("shallow", "noise"), "refine_start must be 'shallow' or 'noise'"),
-            (0.0 < self.refine_strength <= 1.0, "refine_strength must be in (0, 1]"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{message} (got {self})")
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> ConvertParams:
-        """Build from a plain dict, rejecting unknown keys."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown conversion parameter(s): {sorted(unknown)}")
-        values = dict(values)
-        if isinstance(values.get("padding"), dict):
-            values["padding"] = PaddingConfig(**values["padding"])
-        return cls(**values)
-
-
-@dataclass
-class Voice:
-    """A voice model ready to convert: synthesizer weights on a device, and its index."""
-
-    model: VoiceModel
-    synthesizer: Synthesizer
-    index: RetrievalIndex | None
-    device: torch.device
-    dtype: torch.dtype
-    model_dir: Path | None = None
-    _denoisers: dict[str, tuple[DiffusionHead, Denoiser]] = field(default_factory=dict, repr=False)
-
-    def diffusion(self, sampler: str) -> tuple[DiffusionHead, Denoiser]:
-        """The diffusion head (and its network on this device) that ``sampler`` needs, loaded once."""
-        kind = head_kind_for_sampler(sampler)
-        if kind not in self._denoisers:
-            if self.model_dir is None:
-                raise DiffusionHeadError(
-                    "this voice model was not loaded from a file; it has no diffusion head"
-                )
-            head = load_head_for_sampler(self.model_dir, sampler)
-            config = self.model.config
-            head.check_compatible(
-                latent_channels=config.inter_channels,
-                content_dim=config.content_dim,
-                gin_channels=config.gin_channels,
-            )
-            self._denoisers[kind] = (head, head.build_denoiser(self.device))
-        return self._denoisers[kind]
-
-    @property
-    def sample_rate(self) -> int:
-        return self.model.config.sample_rate
-
-    @property
-    def content_dim(self) -> int:
-        return self.model.config.content_dim
-
-
-@dataclass
-class ConversionResult:
-    """Output audio (float32 mono, peak at most 0.99) and what happened on the way."""
-
-    audio: np.ndarray
-    sample_rate: int
-    f0_source_hz: np.ndarray
-    f0_target_hz: np.ndarray
-    f0_method: str
-    timings_s: dict[str, float] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    precision: str = "fp32"
-    """The arithmetic used: ``'fp32'``, ``'bf16'`` or ``'fp16'`` (see :mod:`infer.precision`)."""
-
-
-@dataclass(frozen=True)
-class Resources:
-    """Where the shared base files live (content encoder, pitch weights), the device and precision.
-
-    Attributes:
-        pretrained_dir: folder of the base files.
-        content_encoder: content encoder name or path; None takes the voice model's.
-        rmvpe_path: RMVPE weights; None looks in ``pretrained_dir``.
-        device: torch device string.
-        use_half: fp16 weights on a CUDA device (RVC's ``is_half``).
-        precision: ``'auto'`` (default: ``'bf16'`` on CPUs with native bfloat16, ``'fp32'``
-            elsewhere), ``'fp32'`` (RVC's CPU arithmetic, its exact numbers) or ``'bf16'`` (the
-            content encoder and the decoder under bfloat16 autocast, about twice as fast; about
-            45 dB SNR against fp32). See :mod:`infer.precision`.
-    """
-
-    pretrained_dir: Path = field(default_factory=default_pretrained_dir)
-    content_encoder: str | None = None
-    rmvpe_path: Path | None = None
-    device: str = "cpu"
-    use_half: bool = False
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        check_precision(self.precision, half_weights=self.use_half)
-
-
-_VOICE_CACHE: OrderedDict[tuple[Any, ...], Voice] = OrderedDict()
-_VOICE_CACHE_SIZE = 2
-_CACHE_LOCK = threading.Lock()
-
-
-def _file_key(path: Path) -> tuple[str, int, int]:
-    stat = path.stat()
-    return (str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-def load_voice(
-    model_path: str | Path,
-    index_path: str | Path | None = None,
-    *,
-    device: str = "cpu",
-    use_half: bool = False,
-) -> Voice:
-    """Load a voice model (and its index) once; later calls with unchanged files reuse it."""
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise ModelLoadError(f"model file not found: {model_path}")
-    index_path = Path(index_path) if index_path else None
-    if index_path is not None and not index_path.is_file():
-        raise ModelLoadError(f"index file not found: {index_path}")
-    torch_device = torch.device(device)
-    dtype = torch.float16 if use_half and torch_device.type == "cuda" else torch.float32
-    key = (_file_key(model_path), _file_key(index_path) if index_path else None, str(torch_device), dtype)
-    with _CACHE_LOCK:
-        if key in _VOICE_CACHE:
-            _VOICE_CACHE.move_to_end(key)
-            return _VOICE_CACHE[key]
-    model = load_voice_model(model_path)
-    synthesizer = build_synthesizer(model, device=torch_device, dtype=dtype)
-    index = None
-    if index_path is not None:
-        index = load_index(index_path)
-        check_dim(index, model.config.content_dim)
-    voice = Voice(
-        model=model,
-        synthesizer=synthesizer,
-        index=index,
-        device=torch_device,
-        dtype=dtype,
-        model_dir=model_path.absolute().parent,
-    )
-    with _CACHE_LOCK:
-        _VOICE_CACHE[key] = voice
-        while len(_VOICE_CACHE) > _VOICE_CACHE_SIZE:
-            _VOICE_CACHE.popitem(last=False)
-    return voice
-
-
-def _content_encoder_for(voice: Voice, resources: Resources) -> ContentEncoder:
-    output = "v1" if voice.content_dim == 256 else "v2"
-    name = resources.content_encoder or voice.model.metadata.content_encoder or "hubert_base"
-    encoder = load_content_encoder(
-        name,
-        output=output,
-        device=str(voice.device),
-        dtype=voice.dtype,
-        pretrained_dir=resources.pretrained_dir,
-    )
-    if encoder.dim != voice.content_dim:
-        raise ModelLoadError(
-            f"content encoder {name!r} gives {encoder.dim}-d features but the voice model expects "
-            f"{voice.content_dim}-d ({'v1' if voice.content_dim == 256 else 'v2'}); pick a matching encoder"
-        )
-    return encoder
-
-
-def _pitch_extractor_for(params: ConvertParams, resources: Resources) -> PitchExtractor:
-    method = params.f0_method or default_method(resources.pretrained_dir)
-    return get_pitch_extractor(
-        method,
-        device=resources.device,
-        rmvpe_path=resources.rmvpe_path,
-        pretrained_dir=resources.pretrained_dir,
-    )
 
 
 def split_points(audio_16k: np.ndarray, padding: PaddingConfig) -> list[int]:
@@ -343,12 +70,15 @@ def split_points(audio_16k: np.ndarray, padding: PaddingConfig) -> list[int]:
     ]
 
 
-class _Timer:
+class StageTimer:
+    """Seconds spent per stage, summed over calls (CUDA work is synchronised before reading)."""
+
     def __init__(self, device: torch.device) -> None:
         self.totals: dict[str, float] = {}
         self._device = device
 
     def add(self, stage: str, start: float) -> float:
+        """Add the time since ``start`` to ``stage``; returns now, the next stage's start."""
         if self._device.type == "cuda":
             torch.cuda.synchronize(self._device)
         now = time.perf_counter()
@@ -356,7 +86,161 @@ class _Timer:
         return now
 
 
-@torch.inference_mode()
+@dataclass
+class ChunkState:
+    """What one conversion carries from chunk to chunk (or block to block when streaming).
+
+    Attributes:
+        params: the conversion's knobs.
+        speaker: (1, gin, 1) speaker embedding of ``params.speaker_id``.
+        generator: the seeded noise source, or None for fresh noise.
+        timer: per-stage seconds.
+        chunk_index: chunks converted so far (diffusion seeds are derived from it).
+    """
+
+    params: ConvertParams
+    speaker: torch.Tensor
+    generator: torch.Generator | None
+    timer: StageTimer
+    chunk_index: int = 0
+
+
+class Converter:
+    """A voice with everything a conversion needs prepared: encoders, pitch trackers, precision.
+
+    ``convert`` converts whole inputs; ``start`` + ``convert_chunk`` convert one padded chunk
+    at a time with explicit state, the seam streaming and song covers sit on.
+    """
+
+    def __init__(self, voice: Voice, resources: Resources | None = None) -> None:
+        self.voice = voice
+        self.resources = resources or Resources(device=str(voice.device))
+        self.precision = resolve_precision(self.resources.precision, voice.device, voice.dtype)
+        self._encoder: ContentEncoder | None = None
+
+    @property
+    def sample_rate(self) -> int:
+        """The voice model's output rate in Hz."""
+        return self.voice.sample_rate
+
+    @property
+    def encoder(self) -> ContentEncoder:
+        """The content encoder this voice was trained on (loaded once, cached across converters)."""
+        if self._encoder is None:
+            voice, resources = self.voice, self.resources
+            name = (
+                resources.content_encoder or voice.model.metadata.content_encoder or DEFAULT_CONTENT_ENCODER
+            )
+            encoder = load_content_encoder(
+                name,
+                output=rvc.content_layer_for_dim(voice.content_dim),
+                device=str(voice.device),
+                dtype=voice.dtype,
+                pretrained_dir=resources.pretrained_dir,
+            )
+            if encoder.dim != voice.content_dim:
+                raise ModelLoadError(
+                    f"content encoder {name!r} gives {encoder.dim}-d features but the voice model expects "
+                    f"{voice.content_dim}-d ({rvc.version_for_content_dim(voice.content_dim)}); "
+                    "pick a matching encoder"
+                )
+            self._encoder = encoder
+        return self._encoder
+
+    def pitch_extractor(self, f0_method: str | None) -> PitchExtractor | None:
+        """The F0 tracker for ``f0_method`` (None: the default); None for a model without pitch."""
+        if not self.voice.model.config.use_f0:
+            return None
+        resources = self.resources
+        return get_pitch_extractor(
+            f0_method or default_method(resources.pretrained_dir),
+            device=resources.device,
+            rmvpe_path=resources.rmvpe_path,
+            pretrained_dir=resources.pretrained_dir,
+        )
+
+    def track_pitch(self, audio_16k: np.ndarray, params: ConvertParams, p_len: int) -> np.ndarray | None:
+        """Source F0 in Hz at 100 frames/s over ``audio_16k`` (harvest median-filtered as RVC does)."""
+        extractor = self.pitch_extractor(params.f0_method)
+        if extractor is None:
+            return None
+        f0 = extractor.extract(audio_16k, p_len=p_len)
+        if extractor.name == "harvest" and params.filter_radius > 2:
+            f0 = median_filter_f0(f0, 3)
+        return f0
+
+    def start(self, params: ConvertParams) -> ChunkState:
+        """Check ``params`` against the voice, load what they need, and return a fresh chunk state."""
+        n_speakers = self.voice.model.config.spk_embed_dim
+        if params.speaker_id >= n_speakers:
+            raise TimbreError(f"speaker_id {params.speaker_id} is out of range: this model has {n_speakers}")
+        if params.refine is not None:
+            self.voice.diffusion(params.refine.sampler)
+        _ = self.encoder
+        device = self.voice.device
+        generator = None
+        if params.seed is not None:
+            generator = torch.Generator(device=device).manual_seed(params.seed)
+        sid = torch.tensor([params.speaker_id], device=device, dtype=torch.long)
+        return ChunkState(
+            params=params,
+            speaker=self.voice.synthesizer.speaker_embedding(sid),
+            generator=generator,
+            timer=StageTimer(device),
+        )
+
+    @torch.inference_mode()
+    def convert(
+        self,
+        audio_16k: np.ndarray,
+        params: ConvertParams | None = None,
+        *,
+        progress: ProgressFn | None = None,
+        should_stop: StopFn | None = None,
+    ) -> ConversionResult:
+        """Convert 16 kHz mono audio into the voice.
+
+        Args:
+            audio_16k: (L,) float32 mono at 16 kHz (see :func:`infer.audio.load_audio`).
+            params: conversion knobs; defaults are RVC's.
+            progress: ``progress(fraction, stage)``.
+            should_stop: checked between chunks; when it returns True, :class:`Cancelled` is raised.
+
+        Returns:
+            The converted audio at the voice's rate (or ``params.output_sample_rate``).
+        """
+        return _convert_whole(self, audio_16k, params or ConvertParams(), progress, should_stop)
+
+    @torch.inference_mode()
+    def convert_chunk(
+        self,
+        chunk_16k: np.ndarray,
+        f0_hz: np.ndarray | None,
+        state: ChunkState,
+        *,
+        trim_samples: int = 0,
+    ) -> np.ndarray:
+        """RVC's ``Pipeline.vc`` for one padded chunk, less ``trim_samples`` output samples at each end.
+
+        Args:
+            chunk_16k: (L,) float32 at 16 kHz, high-passed and padded.
+            f0_hz: (>= L // 160,) target F0 (pitch shift applied) for the chunk; None without pitch.
+            state: from :meth:`start`; its generator and chunk index advance.
+            trim_samples: output samples dropped at each end (only kept frames are decoded).
+
+        Returns:
+            (n,) float32 at the model rate.
+        """
+        pitch = pitchf = None
+        if f0_hz is not None:
+            device = self.voice.device
+            pitch = torch.from_numpy(f0_to_coarse(f0_hz).astype(np.int64)).unsqueeze(0).to(device)
+            pitchf = torch.from_numpy(np.asarray(f0_hz, dtype=np.float32)).unsqueeze(0).to(device)
+        out = _convert_chunk(self, chunk_16k, pitch, pitchf, state, trim_samples)
+        state.chunk_index += 1
+        return out
+
+
 def convert(
     audio_16k: np.ndarray,
     voice: Voice,
@@ -366,49 +250,47 @@ def convert(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
 ) -> ConversionResult:
-    """Convert 16 kHz mono audio into ``voice``.
+    """Convert 16 kHz mono audio into ``voice``: ``Converter(voice, resources).convert(...)``."""
+    return Converter(voice, resources).convert(audio_16k, params, progress=progress, should_stop=should_stop)
 
-    Args:
-        audio_16k: (L,) float32 mono at 16 kHz (see :func:`infer.audio.load_audio`).
-        voice: from :func:`load_voice`.
-        params: conversion knobs; defaults are RVC's.
-        resources: where the content encoder and pitch weights live, and the device.
-        progress: ``progress(fraction, stage)``.
-        should_stop: checked between chunks; when it returns True, :class:`Cancelled` is raised.
 
-    Returns:
-        The converted audio at ``voice.sample_rate`` (or ``params.output_sample_rate``).
-    """
-    params = params or ConvertParams()
-    resources = resources or Resources(device=str(voice.device))
+def _chunk_bounds(cuts: list[int]) -> list[tuple[int, int | None]]:
+    bounds: list[tuple[int, int | None]] = []
+    start = 0
+    for cut in cuts:
+        bounds.append((start, cut))
+        start = cut
+    bounds.append((start, None))
+    return bounds
+
+
+def _convert_whole(
+    converter: Converter,
+    audio_16k: np.ndarray,
+    params: ConvertParams,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> ConversionResult:
+    voice = converter.voice
     config = voice.model.config
     padding = params.padding or (
         PaddingConfig.gpu_half() if voice.dtype == torch.float16 else PaddingConfig.cpu()
     )
-    n_speakers = config.spk_embed_dim
-    if params.speaker_id >= n_speakers:
-        raise TimbreError(f"speaker_id {params.speaker_id} is out of range: this model has {n_speakers}")
-    precision = resolve_precision(resources.precision, voice.device, voice.dtype)
-    timer = _Timer(voice.device)
-    warnings: list[str] = []
     started = time.perf_counter()
-
     audio = np.asarray(audio_16k, dtype=np.float32)
-    check_convertible(audio, SAMPLE_RATE_16K)
+    warnings = list(check_convertible(audio, SAMPLE_RATE_16K).warnings)
     peak = float(np.abs(audio).max())
     if peak / INPUT_PEAK_LIMIT > 1:
         audio = audio / (peak / INPUT_PEAK_LIMIT)
     report(progress, 0.0, "loading models")
-    encoder = _content_encoder_for(voice, resources)
-    extractor = _pitch_extractor_for(params, resources) if config.use_f0 else None
-    if params.sampler != "off":
-        voice.diffusion(params.sampler)
+    state = converter.start(params)
+    extractor = converter.pitch_extractor(params.f0_method)
+    timer = state.timer
     t0 = timer.add("load", started)
 
     audio = dsp.highpass_filtfilt(audio, SAMPLE_RATE_16K)
     cuts = split_points(audio, padding)
     t_pad = SAMPLE_RATE_16K * padding.pad_s
-    t_pad_tgt = config.sample_rate * padding.pad_s
     # RVC keeps the padded input in float64 but every later use reads it as float32: convert once.
     audio_pad = np.pad(audio, (t_pad, t_pad), mode="reflect").astype(np.float32)
     n_input = audio.shape[0]
@@ -416,34 +298,17 @@ def convert(
     p_len = audio_pad.shape[0] // WINDOW_SAMPLES
     t0 = timer.add("prepare", t0)
 
-    pitch = pitchf = None
     f0_source = np.zeros(0, dtype=np.float32)
+    f0_target = None
     if extractor is not None:
         report(progress, 0.02, f"pitch ({extractor.name})")
-        f0 = extractor.extract(audio_pad, p_len=p_len)
-        if extractor.name == "harvest" and params.filter_radius > 2:
-            f0 = median_filter_f0(f0, 3)
-        f0_source = f0.copy()
-        f0 = shift_semitones(f0, params.pitch_shift_semitones)
-        pitch = torch.from_numpy(f0_to_coarse(f0)[:p_len].astype(np.int64)).unsqueeze(0).to(voice.device)
-        pitchf = torch.from_numpy(f0[:p_len].astype(np.float32)).unsqueeze(0).to(voice.device)
+        f0_source = converter.track_pitch(audio_pad, params, p_len)
+        f0_target = shift_semitones(f0_source, params.pitch_shift_semitones)[:p_len]
         t0 = timer.add("f0", t0)
     release_free_memory()
     check_stop(should_stop)
 
-    generator = None
-    if params.seed is not None:
-        generator = torch.Generator(device=voice.device).manual_seed(params.seed)
-    sid = torch.tensor([params.speaker_id], device=voice.device, dtype=torch.long)
-    g = voice.synthesizer.speaker_embedding(sid)
-
-    bounds: list[tuple[int, int | None]] = []
-    start = 0
-    for cut in cuts:
-        bounds.append((start, cut))
-        start = cut
-    bounds.append((start, None))
-
+    bounds = _chunk_bounds(cuts)
     chunk_progress = sub_progress(progress, 0.1, 0.95)
     # One output buffer, sized for the longest possible result, filled chunk by chunk.
     hop = config.hop_length
@@ -458,23 +323,10 @@ def convert(
         check_stop(should_stop)
         report(chunk_progress, i / len(bounds), f"converting chunk {i + 1}/{len(bounds)}")
         end = None if t is None else t + 2 * t_pad + WINDOW_SAMPLES
-        chunk = audio_pad[s:end]
         frame_end = None if t is None else (t + 2 * t_pad) // WINDOW_SAMPLES
-        chunk_pitch = None if pitch is None else pitch[:, s // WINDOW_SAMPLES : frame_end]
-        chunk_pitchf = None if pitchf is None else pitchf[:, s // WINDOW_SAMPLES : frame_end]
-        out = _convert_chunk(
-            chunk,
-            chunk_pitch,
-            chunk_pitchf,
-            g,
-            voice,
-            encoder,
-            params,
-            timer,
-            generator,
-            chunk_index=i,
-            trim_samples=t_pad_tgt,
-            precision=precision,
+        chunk_f0 = None if f0_target is None else f0_target[s // WINDOW_SAMPLES : frame_end]
+        out = converter.convert_chunk(
+            audio_pad[s:end], chunk_f0, state, trim_samples=config.sample_rate * padding.pad_s
         )
         audio_out[filled : filled + out.shape[0]] = out
         filled += out.shape[0]
@@ -491,120 +343,103 @@ def convert(
     if params.output_sample_rate and params.output_sample_rate != sample_rate:
         audio_out = resample(audio_out, sample_rate, params.output_sample_rate)
         sample_rate = params.output_sample_rate
-    # max(|x|) without an |x| temporary; NaN or inf anywhere makes it non-finite.
-    out_peak = max(float(audio_out.max()), -float(audio_out.min())) if audio_out.size else 0.0
-    if not np.isfinite(out_peak):
-        raise TimbreError("the synthesizer produced non-finite samples; the model file may be damaged")
-    if out_peak > OUTPUT_PEAK_LIMIT:
-        audio_out = np.multiply(audio_out, np.float32(OUTPUT_PEAK_LIMIT / out_peak), out=audio_out)
+    audio_out = _limit_peak(audio_out)
     timer.add("post", t0)
     timer.totals["total"] = time.perf_counter() - started
     report(progress, 1.0, "done")
 
-    f0_target = shift_semitones(f0_source, params.pitch_shift_semitones) if f0_source.size else f0_source
+    keep = slice(t_pad // WINDOW_SAMPLES, p_len - t_pad // WINDOW_SAMPLES)
+    f0_shifted = shift_semitones(f0_source, params.pitch_shift_semitones) if f0_source.size else f0_source
     return ConversionResult(
         audio=audio_out.astype(np.float32, copy=False),
         sample_rate=sample_rate,
-        f0_source_hz=f0_source[t_pad // WINDOW_SAMPLES : p_len - t_pad // WINDOW_SAMPLES],
-        f0_target_hz=f0_target[t_pad // WINDOW_SAMPLES : p_len - t_pad // WINDOW_SAMPLES],
+        f0_source_hz=f0_source[keep],
+        f0_target_hz=f0_shifted[keep],
         f0_method=extractor.name if extractor is not None else "none",
         timings_s=dict(timer.totals),
         warnings=warnings,
-        precision=precision,
+        precision=converter.precision,
     )
 
 
-def _convert_chunk(
-    chunk_16k: np.ndarray,
-    pitch: torch.Tensor | None,
-    pitchf: torch.Tensor | None,
-    g: torch.Tensor,
-    voice: Voice,
-    encoder: ContentEncoder,
-    params: ConvertParams,
-    timer: _Timer,
-    generator: torch.Generator | None,
-    *,
-    chunk_index: int = 0,
-    trim_samples: int = 0,
-    precision: str = "fp32",
-) -> np.ndarray:
-    """RVC's ``Pipeline.vc`` for one padded chunk, less ``trim_samples`` output samples at each end.
+def _limit_peak(audio: np.ndarray) -> np.ndarray:
+    """Scale ``audio`` in place to a peak of at most OUTPUT_PEAK_LIMIT; non-finite output is an error."""
+    # max(|x|) without an |x| temporary; NaN or inf anywhere makes it non-finite.
+    peak = max(float(audio.max()), -float(audio.min())) if audio.size else 0.0
+    if not np.isfinite(peak):
+        raise TimbreError("the synthesizer produced non-finite samples; the model file may be damaged")
+    if peak > OUTPUT_PEAK_LIMIT:
+        audio = np.multiply(audio, np.float32(OUTPUT_PEAK_LIMIT / peak), out=audio)
+    return audio
 
-    Returns (n,) float32 at the model rate. Only the kept frames are decoded (the decoder is
-    local, so the trimmed padding need not be synthesized).
-    """
-    synth = voice.synthesizer
-    t0 = time.perf_counter()
+
+def _content_features(
+    converter: Converter, chunk_16k: np.ndarray, pitchf: torch.Tensor | None, params: ConvertParams
+) -> tuple[np.ndarray, int]:
+    """Content features at 100 fps (index-blended, protected) and the chunk's frame count."""
+    voice = converter.voice
     wav = torch.from_numpy(np.ascontiguousarray(chunk_16k, dtype=np.float32)).to(voice.device)
-    with _autocast(voice.device, precision):
-        feats = encoder.encode(wav.unsqueeze(0).to(voice.dtype)).float()  # (1, T, C)
-    t0 = timer.add("content", t0)
-
+    with _autocast(voice.device, converter.precision):
+        feats = converter.encoder.encode(wav.unsqueeze(0).to(voice.dtype)).float()  # (1, T, C)
     use_protect = params.protect < 0.5 and pitchf is not None
     feats_np = feats[0].cpu().numpy()
     before_index = feats_np if use_protect else None
     if voice.index is not None and params.index_rate != 0:
         feats_np = search_and_blend(feats_np, voice.index, params.index_rate)
     feats_up = dsp.upsample_nearest_2x(feats_np)
-    p_len = chunk_16k.shape[0] // WINDOW_SAMPLES
-    p_len = min(p_len, feats_up.shape[0])
-    if pitch is not None and pitchf is not None:
-        pitch = pitch[:, :p_len]
-        pitchf = pitchf[:, :p_len]
+    p_len = min(chunk_16k.shape[0] // WINDOW_SAMPLES, feats_up.shape[0])
     feats_up = feats_up[:p_len]
     if use_protect and before_index is not None and pitchf is not None:
         feats_up = dsp.apply_protect(
-            feats_up, dsp.upsample_nearest_2x(before_index)[:p_len], pitchf[0].cpu().numpy(), params.protect
+            feats_up,
+            dsp.upsample_nearest_2x(before_index)[:p_len],
+            pitchf[0, :p_len].cpu().numpy(),
+            params.protect,
         )
-    t0 = timer.add("retrieval", t0)
+    return feats_up, p_len
+
+
+def _convert_chunk(
+    converter: Converter,
+    chunk_16k: np.ndarray,
+    pitch: torch.Tensor | None,
+    pitchf: torch.Tensor | None,
+    state: ChunkState,
+    trim_samples: int,
+) -> np.ndarray:
+    voice, params, timer, g = converter.voice, state.params, state.timer, state.speaker
+    synth = voice.synthesizer
+    t0 = time.perf_counter()
+    feats_up, p_len = _content_features(converter, chunk_16k, pitchf, params)
+    if pitch is not None and pitchf is not None:
+        pitch, pitchf = pitch[:, :p_len], pitchf[:, :p_len]
+    t0 = timer.add("content", t0)
 
     phone = torch.from_numpy(np.ascontiguousarray(feats_up, dtype=np.float32)).unsqueeze(0)
     phone = phone.to(device=voice.device, dtype=voice.dtype)
     lengths = torch.tensor([p_len], device=voice.device, dtype=torch.long)
     m_p, logs_p, x_mask = synth.prior(phone, lengths, pitch, g)
     t0 = timer.add("text_encoder", t0)
-    noise = torch.randn(m_p.shape, generator=generator, device=m_p.device, dtype=m_p.dtype)
+    noise = torch.randn(m_p.shape, generator=state.generator, device=m_p.device, dtype=m_p.dtype)
     z_p = (m_p + torch.exp(logs_p) * noise * params.noise_scale) * x_mask
     z = synth.flow_reverse(z_p, x_mask, g)
     t0 = timer.add("flow", t0)
-    if params.sampler != "off":
-        head, denoiser = voice.diffusion(params.sampler)
-        f0_cond = (
-            pitchf.float() if pitchf is not None else torch.zeros(x_mask.shape[0], p_len, device=z.device)
-        )
-        refine_params = RefineParams(
-            sampler=params.sampler,
-            steps=params.diffusion_steps,
-            guidance_weight=params.guidance_weight,
-            start=params.refine_start,
-            strength=params.refine_strength,
-            seed=None if params.seed is None else params.seed + chunk_index,
-        )
-        z = refine(
-            head,
-            phone.float(),
-            f0_cond,
-            g.float(),
-            x_mask.float(),
-            params=refine_params,
-            z_init=z.float(),
-            denoiser=denoiser,
-        ).to(z.dtype)
+    if params.refine is not None:
+        z = _refine_latent(voice, params, state.chunk_index, (phone, pitchf, g, x_mask, z))
         t0 = timer.add("diffusion", t0)
+    hop = synth.config.hop_length
     sine_noise = None
     if pitchf is not None:
         sine_noise = torch.randn(
-            (1, p_len * synth.config.hop_length, 1), generator=generator, device=z.device, dtype=z.dtype
+            (1, p_len * hop, 1), generator=state.generator, device=z.device, dtype=z.dtype
         )
-    hop = synth.config.hop_length
     total = p_len * hop
     if total <= 2 * trim_samples:
         timer.add("decoder", t0)
         return np.zeros(0, dtype=np.float32)
     start_frame = trim_samples // hop
     stop_frame = -(-(total - trim_samples) // hop)
-    with _autocast(voice.device, precision):
+    with _autocast(voice.device, converter.precision):
         audio = synth.decode(
             z * x_mask,
             None if pitchf is None else pitchf.to(voice.dtype),
@@ -616,6 +451,31 @@ def _convert_chunk(
     out = audio[0, 0, offset : offset + total - 2 * trim_samples].float().cpu().numpy()
     timer.add("decoder", t0)
     return out
+
+
+def _refine_latent(
+    voice: Voice,
+    params: ConvertParams,
+    chunk_index: int,
+    tensors: tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor],
+) -> torch.Tensor:
+    """The latent ``z`` refined by the voice's diffusion head (seeded per chunk)."""
+    assert params.refine is not None
+    phone, pitchf, g, x_mask, z = tensors
+    head, denoiser = voice.diffusion(params.refine.sampler)
+    p_len = phone.shape[1]
+    f0_cond = pitchf.float() if pitchf is not None else torch.zeros(x_mask.shape[0], p_len, device=z.device)
+    seed = None if params.seed is None else params.seed + chunk_index
+    return refine(
+        head,
+        phone.float(),
+        f0_cond,
+        g.float(),
+        x_mask.float(),
+        params=replace(params.refine, seed=seed),
+        z_init=z.float(),
+        denoiser=denoiser,
+    ).to(z.dtype)
 
 
 def _autocast(device: torch.device, precision: str) -> torch.autocast:

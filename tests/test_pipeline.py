@@ -14,6 +14,7 @@ import torch
 
 from infer.audio import load_audio
 from infer.diffusion.head import DiffusionHeadError
+from infer.diffusion.refine import RefineParams
 from infer.errors import Cancelled, ModelLoadError, TimbreError
 from infer.pipeline import ConvertParams, PaddingConfig, Resources, convert, load_voice, split_points
 from tests.fakes import (
@@ -164,7 +165,7 @@ def test_bad_inputs_and_settings_give_clear_errors(kit: dict[str, Path]) -> None
         convert(load_audio(EDGE_DIR / "silence_10s.wav", 16000), voice, ConvertParams(), resources=res)
     with pytest.raises(ValueError, match="index_rate"):
         ConvertParams(index_rate=1.5)
-    with pytest.raises(ValueError, match="unknown conversion parameter"):
+    with pytest.raises(ValueError, match="ConvertParams: unknown keys"):
         ConvertParams.from_dict({"pitch": 3})
     with pytest.raises(ModelLoadError, match="not found"):
         load_voice(kit["pretrained"] / "missing.pth")
@@ -179,27 +180,23 @@ def test_every_sampler_converts_and_a_model_without_heads_says_so(
     res = Resources(pretrained_dir=kit["pretrained"])
     bare = load_voice(model_path)
     with pytest.raises(DiffusionHeadError, match="python -m train diffusion"):
-        convert(speech, bare, ConvertParams(f0_method="pm", sampler="ddim"), resources=res)
+        convert(
+            speech, bare, ConvertParams(f0_method="pm", refine=RefineParams(sampler="ddim")), resources=res
+        )
     write_diffusion_heads(model_dir, config)
     voice = load_voice(model_path)
     off = convert(speech, voice, ConvertParams(f0_method="pm", seed=0), resources=res)
     for sampler, steps in (("ddpm", 3), ("ddim", 2), ("lcm", 2)):
         for start in ("shallow", "noise"):
-            params = ConvertParams(
-                f0_method="pm",
-                seed=0,
-                sampler=sampler,
-                diffusion_steps=steps,
-                guidance_weight=1.0,
-                refine_start=start,
-            )
+            refine = RefineParams(sampler=sampler, steps=steps, guidance_weight=1.0, start=start)
+            params = ConvertParams(f0_method="pm", seed=0, refine=refine)
             result = convert(speech, voice, params, resources=res)
             assert result.audio.shape == off.audio.shape
             assert np.all(np.isfinite(result.audio))
             assert not np.array_equal(result.audio, off.audio)
             assert result.timings_s["diffusion"] > 0
-    with pytest.raises(ValueError, match="diffusion_steps"):
-        ConvertParams(sampler="lcm", diffusion_steps=5)
+    with pytest.raises(ValueError, match="1 to 4 steps"):
+        ConvertParams(refine=RefineParams(sampler="lcm", steps=5))
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -15,12 +15,12 @@ import torch
 
 from infer.errors import AssetError, AudioDecodeError, Cancelled, TimbreError
 from infer.pitch import (
-    PITCH_METHODS,
     PitchExtractor,
     PitchMethodUnavailable,
     available_methods,
     default_method,
     get_pitch_extractor,
+    pitch_methods,
 )
 from infer.pitch.classic import HarvestExtractor
 from tests.helpers import REPO_DIR, RMVPE_FIXTURES, VOICES_DIR
@@ -89,7 +89,7 @@ def test_silence_is_unvoiced(method: str) -> None:
     assert np.all(f0 == 0.0)
 
 
-@pytest.mark.parametrize("method", PITCH_METHODS)
+@pytest.mark.parametrize("method", pitch_methods())
 def test_output_length_is_p_len(method: str, rmvpe_dir: Path) -> None:
     extractor = get_pitch_extractor(method, pretrained_dir=rmvpe_dir)
     audio = harmonic_tone(180.0, 0.3)
@@ -119,7 +119,7 @@ def test_default_method_follows_rmvpe_file(tmp_path: Path, rmvpe_dir: Path) -> N
     assert "rmvpe" not in available_methods(tmp_path)
     assert default_method(rmvpe_dir) == "rmvpe"
     methods = available_methods(rmvpe_dir)
-    assert methods == list(PITCH_METHODS)
+    assert methods == list(pitch_methods())
 
 
 def test_registry_caches_and_explains_errors(tmp_path: Path, rmvpe_dir: Path) -> None:

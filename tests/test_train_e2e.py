@@ -20,6 +20,7 @@ import torch
 
 from infer.audio import load_audio
 from infer.catalog import list_models
+from infer.diffusion.refine import RefineParams
 from infer.models import load_voice_model
 from infer.pipeline import ConvertParams, Resources, convert, load_voice
 from tests.fakes import hubert_config, write_hubert_checkpoint
@@ -133,7 +134,13 @@ def test_zip_imports_into_a_fresh_folder_and_converts_another_voice_with_every_s
         resources = Resources(pretrained_dir=trained["pretrained"])
         outputs = {}
         for sampler, steps in (("off", 1), ("ddpm", 4), ("ddim", 4), ("lcm", 2)):
-            params = ConvertParams(f0_method="pm", seed=0, sampler=sampler, diffusion_steps=steps)
+            params = ConvertParams(
+                f0_method="pm",
+                seed=0,
+                refine=None
+                if sampler == "off"
+                else RefineParams(sampler=sampler, steps=steps, start="shallow"),
+            )
             result = convert(source, voice, params, resources=resources)
             assert result.sample_rate == 40000
             assert abs(len(result.audio) / 40000 - len(source) / 16000) < 0.05

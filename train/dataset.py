@@ -22,18 +22,12 @@ from typing import Any
 import numpy as np
 
 from infer.errors import AudioDecodeError, TimbreError
+from infer.options import AUDIO_SUFFIXES
 from infer.progress import ProgressFn, StopFn, check_stop, report
 from train.slicing import FEATURE_SAMPLE_RATE, SliceConfig, frame_rms, preprocess_audio, slicer_frames
 
 log = logging.getLogger(__name__)
 
-AUDIO_SUFFIXES = frozenset(
-    {
-        ".wav", ".wave", ".flac", ".mp3", ".m4a", ".m4b", ".aac", ".ogg", ".oga", ".opus", ".wma",
-        ".webm", ".mp4", ".mkv", ".mka", ".mov", ".avi", ".3gp", ".aif", ".aiff", ".aifc", ".caf",
-        ".au", ".wv", ".ac3", ".amr", ".alac", ".ape", ".mp2",
-    }
-)  # fmt: skip
 ZIP_SUFFIX = ".zip"
 GT_WAVS_DIRNAME = "0_gt_wavs"
 WAVS_16K_DIRNAME = "1_16k_wavs"

@@ -336,7 +336,7 @@ def stage_dataset_uploads(uploads: Sequence[str | Path], dest_root: Path) -> lis
     zip (``../`` names, links, sizes over the limits) is an error and leaves nothing behind.
     """
     from infer.ziputil import safe_extract_zip
-    from train.dataset import AUDIO_SUFFIXES
+    from infer.options import AUDIO_SUFFIXES
 
     files = [Path(u) for u in uploads if u]
     for path in files:

@@ -15,7 +15,7 @@ from infer.diffusion.head import (
     load_head,
     load_head_for_sampler,
 )
-from infer.diffusion.refine import SAMPLERS, RefineError, RefineParams, guided_eps, refine
+from infer.diffusion.refine import RefineError, RefineParams, guided_eps, refine
 from infer.diffusion.schedulers import (
     ConsistencyConfig,
     DDIMSampler,
@@ -29,7 +29,6 @@ from infer.diffusion.schedulers import (
 
 __all__ = [
     "LCM_FILENAME",
-    "SAMPLERS",
     "TEACHER_FILENAME",
     "ConsistencyConfig",
     "DDIMSampler",

@@ -27,12 +27,12 @@ from infer.diffusion.schedulers import ConsistencyConfig, NoiseSchedule, NoiseSc
 from infer.errors import ModelLoadError, TimbreError
 from infer.fsutil import atomic_torch_save
 from infer.nn.configs import ConfigError
+from infer.options import HEAD_KINDS, LCM_HEAD, SAMPLERS, TEACHER_HEAD, diffusion_sampler_names
 from infer.safeload import load_checkpoint
 
 __all__ = [
     "HEAD_FILENAMES",
     "HEAD_FORMAT",
-    "HEAD_KINDS",
     "LCM_FILENAME",
     "TEACHER_FILENAME",
     "DiffusionHead",
@@ -47,9 +47,7 @@ log = logging.getLogger(__name__)
 HEAD_FORMAT = "timbre-diffusion-head-1"
 TEACHER_FILENAME = "diffusion_teacher.pt"
 LCM_FILENAME = "diffusion_lcm.pt"
-HEAD_KINDS = ("teacher", "lcm")
-HEAD_FILENAMES = {"teacher": TEACHER_FILENAME, "lcm": LCM_FILENAME}
-_SAMPLER_KINDS = {"ddpm": "teacher", "ddim": "teacher", "lcm": "lcm"}
+HEAD_FILENAMES = {TEACHER_HEAD: TEACHER_FILENAME, LCM_HEAD: LCM_FILENAME}
 _TOP_KEYS = frozenset(
     {"format", "kind", "denoiser", "schedule", "consistency", "latent_scale", "state_dict", "metadata"}
 )
@@ -60,10 +58,13 @@ class DiffusionHeadError(TimbreError):
 
 
 def head_kind_for_sampler(sampler: str) -> str:
-    """``'teacher'`` for ``'ddpm'``/``'ddim'``, ``'lcm'`` for ``'lcm'``."""
-    if sampler not in _SAMPLER_KINDS:
-        raise DiffusionHeadError(f"unknown sampler {sampler!r}; choose 'ddpm', 'ddim' or 'lcm'")
-    return _SAMPLER_KINDS[sampler]
+    """The head kind a diffusion sampler needs (the sampler table's ``head_kind``)."""
+    spec = SAMPLERS.get(sampler)
+    if spec is None or not spec.head_kind:
+        raise DiffusionHeadError(
+            f"unknown diffusion sampler {sampler!r}; choose one of {', '.join(diffusion_sampler_names())}"
+        )
+    return spec.head_kind
 
 
 def _is_plain(value: Any, depth: int = 0) -> bool:
@@ -104,7 +105,7 @@ class DiffusionHead:
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
             raise ConfigError(f"DiffusionHead.kind must be one of {HEAD_KINDS}, got {self.kind!r}")
-        is_lcm = self.kind == "lcm"
+        is_lcm = self.kind == LCM_HEAD
         if self.denoiser_config.use_w_embedding != is_lcm:
             raise ConfigError(f"a {self.kind} head needs use_w_embedding={is_lcm} in its denoiser config")
         if (self.consistency is not None) != is_lcm:
@@ -244,8 +245,8 @@ def load_head_for_sampler(model_dir: str | Path, sampler: str) -> DiffusionHead:
     kind = head_kind_for_sampler(sampler)
     path = Path(model_dir) / HEAD_FILENAMES[kind]
     if not path.is_file():
-        other = Path(model_dir) / HEAD_FILENAMES["lcm" if kind == "teacher" else "teacher"]
-        if kind == "lcm":
+        other = Path(model_dir) / HEAD_FILENAMES[LCM_HEAD if kind == TEACHER_HEAD else TEACHER_HEAD]
+        if kind == LCM_HEAD:
             hint = "train it with `python -m train distill`" + (
                 ", or choose the ddpm/ddim sampler (this model has a teacher head)" if other.is_file() else ""
             )

@@ -28,15 +28,13 @@ from infer.diffusion.head import DiffusionHead, DiffusionHeadError, head_kind_fo
 from infer.diffusion.schedulers import make_sampler
 from infer.errors import TimbreError
 from infer.nn.configs import ConfigError, check_config_keys
+from infer.options import LCM_HEAD, REFINE_STARTS, SAMPLERS, diffusion_sampler_names, names
 from infer.progress import ProgressFn, StopFn, check_stop, report
 
-__all__ = ["LCM_MAX_STEPS", "SAMPLERS", "STARTS", "RefineError", "RefineParams", "guided_eps", "refine"]
+__all__ = ["RefineError", "RefineParams", "guided_eps", "refine"]
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ddpm", "ddim", "lcm")
-STARTS = ("noise", "shallow")
-LCM_MAX_STEPS = 4
 
 
 class RefineError(TimbreError, ValueError):
@@ -65,12 +63,14 @@ class RefineParams:
     seed: int | None = 0
 
     def __post_init__(self) -> None:
-        if self.sampler not in SAMPLERS:
-            raise ConfigError(f"RefineParams.sampler must be one of {SAMPLERS}, got {self.sampler!r}")
+        samplers = diffusion_sampler_names()
+        if self.sampler not in samplers:
+            raise ConfigError(f"RefineParams.sampler must be one of {samplers}, got {self.sampler!r}")
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"RefineParams.steps must be a positive int, got {self.steps!r}")
-        if self.sampler == "lcm" and self.steps > LCM_MAX_STEPS:
-            raise ConfigError(f"the LCM sampler takes 1 to {LCM_MAX_STEPS} steps, got {self.steps}")
+        max_steps = SAMPLERS[self.sampler].max_steps
+        if self.steps > max_steps:
+            raise ConfigError(f"the {self.sampler} sampler takes 1 to {max_steps} steps, got {self.steps}")
         for name in ("guidance_weight", "strength"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -78,8 +78,8 @@ class RefineParams:
             object.__setattr__(self, name, float(value))
         if not self.guidance_weight >= 0.0:
             raise ConfigError(f"RefineParams.guidance_weight must be >= 0, got {self.guidance_weight}")
-        if self.start not in STARTS:
-            raise ConfigError(f"RefineParams.start must be one of {STARTS}, got {self.start!r}")
+        if self.start not in REFINE_STARTS:
+            raise ConfigError(f"RefineParams.start must be one of {names(REFINE_STARTS)}, got {self.start!r}")
         if not 0.0 < self.strength <= 1.0:
             raise ConfigError(f"RefineParams.strength must be in (0, 1], got {self.strength}")
         if self.seed is not None and (
@@ -198,7 +198,7 @@ def refine(
     """
     needed = head_kind_for_sampler(params.sampler)
     if head.kind != needed:
-        if needed == "lcm":
+        if needed == LCM_HEAD:
             raise DiffusionHeadError(
                 "the lcm sampler needs a distilled LCM head (diffusion_lcm.pt) but this is the teacher; run "
                 "`python -m train distill` or choose the ddpm/ddim sampler"

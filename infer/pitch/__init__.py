@@ -16,17 +16,16 @@ from infer.pitch.base import (
 )
 from infer.pitch.f0 import f0_to_coarse, median_filter_f0, shift_semitones
 from infer.pitch.registry import (
-    PITCH_METHODS,
     available_methods,
     clear_pitch_extractor_cache,
     default_method,
     get_pitch_extractor,
+    pitch_methods,
 )
 
 __all__ = [
     "FRAME_RATE_HZ",
     "HOP_LENGTH",
-    "PITCH_METHODS",
     "SAMPLE_RATE_HZ",
     "PitchExtractor",
     "PitchMethodUnavailable",
@@ -36,5 +35,6 @@ __all__ = [
     "f0_to_coarse",
     "get_pitch_extractor",
     "median_filter_f0",
+    "pitch_methods",
     "shift_semitones",
 ]

