@@ -259,12 +259,30 @@ def load_audio(
         BadAudioError: reason 'not_found', 'unreadable', 'empty', 'not_audio', 'no_audio_stream',
             'timeout', 'decode_failed' or 'no_ffmpeg'.
     """
-    import ffmpeg
-
     if sample_rate < 1 or decode_timeout_s <= 0:
         raise ValueError(
             f"sample_rate and decode_timeout_s must be positive, got {sample_rate}, {decode_timeout_s}"
         )
+    data, native_rate = load_audio_native(path, decode_timeout_s=decode_timeout_s)
+    audio = data.mean(axis=1, dtype=np.float32) if mono else data
+    return resample(audio, native_rate, sample_rate)  # always a new, writable array
+
+
+def load_audio_native(
+    path: str | Path, *, decode_timeout_s: float = DECODE_TIMEOUT_S
+) -> tuple[np.ndarray, int]:
+    """Decode a file at its own rate and channel layout, with :func:`load_audio`'s checks and errors.
+
+    Returns:
+        ((L, C) float32 read-only array, native sample rate in Hz).
+
+    Raises:
+        BadAudioError: as :func:`load_audio`.
+    """
+    import ffmpeg
+
+    if decode_timeout_s <= 0:
+        raise ValueError(f"decode_timeout_s must be positive, got {decode_timeout_s}")
     path = Path(path).expanduser()
     try:
         with open(path, "rb") as handle:
@@ -308,8 +326,7 @@ def load_audio(
             decoded_s,
             claimed,
         )
-    audio = data.mean(axis=1, dtype=np.float32) if mono else data
-    return resample(audio, native_rate, sample_rate)  # always a new, writable array
+    return data, native_rate
 
 
 def resample(audio: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:
