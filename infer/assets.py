@@ -4,6 +4,7 @@ Local layout under the pretrained folder (:func:`default_pretrained_dir`)::
 
     hubert_base.pt                  content encoder (HuBERT base, fairseq checkpoint)
     rmvpe.pt                        RMVPE pitch extractor
+    separation/MelBandRoformer.ckpt Mel-Band RoFormer vocal separator (its own full URL)
     pretrained_v1/f0G40k.pth ...    RVC v1 base generator/discriminator (hub folder ``pretrained/``)
     pretrained_v2/f0G40k.pth ...    RVC v2 base generator/discriminator (hub folder ``pretrained_v2/``)
 
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://huggingface.co/lj1995/VoiceConversionWebUI/resolve/main"
 EXAMPLE_MIRROR_URL = "https://hf-mirror.com/lj1995/VoiceConversionWebUI/resolve/main"
 MIRROR_ENV_VAR = "TIMBRE_ASSETS_MIRROR"
+HF_ENDPOINT_ENV_VAR = "HF_ENDPOINT"
+"""Hugging Face mirror host (e.g. ``https://hf-mirror.com``) for assets with a full ``source_url``."""
+HF_HOST_URL = "https://huggingface.co"
 PRETRAINED_DIR_ENV_VAR = "TIMBRE_PRETRAINED_DIR"
 PART_SUFFIX = ".part"
 DOWNLOAD_CHUNK_BYTES = 64 * 1024
@@ -54,7 +58,7 @@ PROGRESS_BAR_STEPS = 1000
 BYTES_PER_MB = 1_000_000
 USER_AGENT = f"Timbre/{__version__} (python-urllib)"
 
-ASSET_KINDS = ("content", "pitch", "pretrained_g", "pretrained_d")
+ASSET_KINDS = ("content", "pitch", "pretrained_g", "pretrained_d", "separation")
 ASSET_STATES = ("present", "missing", "partial", "unverified", "bad_size", "bad_checksum")
 """``bad_checksum`` is only reported when a status check is asked to re-hash files."""
 
@@ -72,6 +76,8 @@ class Asset:
         sha256: lowercase hex digest when published, else None (then only the size is checked).
         description: one line saying what the file is for.
         kind: one of ``ASSET_KINDS``.
+        source_url: full download URL for a file hosted outside the base URL's repository (then
+            ``url_path`` is only informative); ``$HF_ENDPOINT`` replaces its Hugging Face host.
     """
 
     name: str
@@ -80,6 +86,7 @@ class Asset:
     sha256: str | None
     description: str
     kind: str
+    source_url: str | None = None
 
     def __post_init__(self) -> None:
         _check_relative_path(self.name, "name")
@@ -97,7 +104,12 @@ class Asset:
         return PurePosixPath(self.name).name
 
     def url(self, base_url: str) -> str:
-        """Full download URL under ``base_url``."""
+        """Full download URL: ``source_url`` when the asset has one, else ``url_path`` under ``base_url``."""
+        if self.source_url is not None:
+            endpoint = os.environ.get(HF_ENDPOINT_ENV_VAR, "").strip().rstrip("/")
+            if endpoint and self.source_url.startswith(HF_HOST_URL + "/"):
+                return endpoint + self.source_url[len(HF_HOST_URL) :]
+            return self.source_url
         return f"{base_url.rstrip('/')}/{urllib.parse.quote(self.url_path)}"
 
 
@@ -228,7 +240,24 @@ def _default_assets() -> list[Asset]:
     return assets
 
 
-DEFAULT_REGISTRY: Registry = make_registry(_default_assets())
+# Kim's Mel-Band RoFormer vocal model ("Kim Vocal 2"), pinned to Hugging Face revision
+# ac9b0614ab3cd7f77219e18ba494dfd93956c348 of KimberleyJSN/melbandroformer. Size and sha256 are the
+# published values (the LFS object record of that revision, quoted identically by several
+# independent download manifests); nothing here was computed by Timbre.
+MELBAND_ROFORMER_REVISION = "ac9b0614ab3cd7f77219e18ba494dfd93956c348"
+_MELBAND_ROFORMER = Asset(
+    name="separation/MelBandRoformer.ckpt",
+    url_path=f"KimberleyJSN/melbandroformer/resolve/{MELBAND_ROFORMER_REVISION}/MelBandRoformer.ckpt",
+    size_bytes=913_106_900,
+    sha256="87201f4d31afb5bc79993230fc49446918425574db48c01c405e44f365c7559e",
+    description="Mel-Band RoFormer vocal separator (Kimberley Jensen)",
+    kind="separation",
+    source_url=(
+        f"{HF_HOST_URL}/KimberleyJSN/melbandroformer/resolve/{MELBAND_ROFORMER_REVISION}/MelBandRoformer.ckpt"
+    ),
+)
+
+DEFAULT_REGISTRY: Registry = make_registry([*_default_assets(), _MELBAND_ROFORMER])
 
 
 def pretrained_pair(preset: str, sample_rate: int, *, use_f0: bool) -> tuple[str, str]:

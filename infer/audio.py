@@ -287,12 +287,47 @@ def decode_audio(
         BadAudioError: reason 'not_found', 'unreadable', 'empty', 'not_audio', 'no_audio_stream',
             'timeout', 'decode_failed' or 'no_ffmpeg'.
     """
+    if sample_rate < 1:
+        raise ValueError(f"sample_rate must be positive, got {sample_rate}")
+    path = Path(path).expanduser()
+    data, native_rate, found = _decode_native(path, decode_timeout_s)
+    warnings = list(found)
+    channels = int(data.shape[1])
+    if mono and channels > 1:
+        warnings.append(f"the {channels} channels were averaged to mono")
+    if native_rate != sample_rate:
+        log.debug("%s: resampled from %d Hz to %d Hz", path.name, native_rate, sample_rate)
+    for warning in warnings:
+        log.warning("%s: %s", path.name, warning)
+    audio = data.mean(axis=1, dtype=np.float32) if mono else data
+    # resample always returns a new, writable array
+    return DecodedAudio(resample(audio, native_rate, sample_rate), native_rate, channels, tuple(warnings))
+
+
+def load_audio_native(
+    path: str | Path, *, decode_timeout_s: float = DECODE_TIMEOUT_S
+) -> tuple[np.ndarray, int]:
+    """Decode a file at its own rate and channel layout, with :func:`load_audio`'s checks and errors.
+
+    Returns:
+        ((L, C) float32 read-only array, native sample rate in Hz).
+
+    Raises:
+        BadAudioError: as :func:`load_audio`.
+    """
+    path = Path(path).expanduser()
+    data, native_rate, warnings = _decode_native(path, decode_timeout_s)
+    for warning in warnings:
+        log.warning("%s: %s", path.name, warning)
+    return data, native_rate
+
+
+def _decode_native(path: Path, decode_timeout_s: float) -> tuple[np.ndarray, int, list[str]]:
+    """(L, C) float32 samples at the file's rate, the rate, and the decoding's warnings."""
     import ffmpeg
 
-    if sample_rate < 1 or decode_timeout_s <= 0:
-        raise ValueError(
-            f"sample_rate and decode_timeout_s must be positive, got {sample_rate}, {decode_timeout_s}"
-        )
+    if decode_timeout_s <= 0:
+        raise ValueError(f"decode_timeout_s must be positive, got {decode_timeout_s}")
     path = Path(path).expanduser()
     try:
         with open(path, "rb") as handle:
@@ -333,16 +368,7 @@ def decode_audio(
             f"ffmpeg reported decoding errors ({errors[0]}); decoded {decoded_s:.2f} s {claimed}. The file "
             "looks truncated or damaged; the decodable part was used (re-export the file to get all of it)"
         )
-    channels = int(data.shape[1])
-    if mono and channels > 1:
-        warnings.append(f"the {channels} channels were averaged to mono")
-    if native_rate != sample_rate:
-        log.debug("%s: resampled from %d Hz to %d Hz", path.name, native_rate, sample_rate)
-    for warning in warnings:
-        log.warning("%s: %s", path.name, warning)
-    audio = data.mean(axis=1, dtype=np.float32) if mono else data
-    # resample always returns a new, writable array
-    return DecodedAudio(resample(audio, native_rate, sample_rate), native_rate, channels, tuple(warnings))
+    return data, native_rate, warnings
 
 
 def resample(audio: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:

@@ -347,6 +347,28 @@ def edit_distance(a: str, b: str) -> int:
     return previous[-1]
 
 
+# --------------------------------------------------------------------------- separation
+
+
+def si_sdr(reference: np.ndarray, estimate: np.ndarray) -> float:
+    """Scale-invariant SDR in dB (Le Roux et al. 2019, eq. 2) over the common length, channels flattened.
+
+    ``10 log10(|a s|^2 / |a s - e|^2)`` with ``a = <e, s> / |s|^2``; +inf for a perfect estimate,
+    NaN for a silent reference.
+    """
+    n = min(np.shape(reference)[-1], np.shape(estimate)[-1])
+    ref = np.asarray(reference, dtype=np.float64)[..., :n].reshape(-1)
+    est = np.asarray(estimate, dtype=np.float64)[..., :n].reshape(-1)
+    energy = float(np.dot(ref, ref))
+    if energy == 0.0:
+        return math.nan
+    target = (float(np.dot(est, ref)) / energy) * ref
+    noise = float(np.sum(np.square(target - est)))
+    if noise == 0.0:
+        return math.inf
+    return 10.0 * math.log10(float(np.sum(np.square(target))) / noise)
+
+
 # --------------------------------------------------------------------------- level
 
 

@@ -171,7 +171,7 @@ def _download(name: str, root: Path, hub: LocalHub, **kwargs: object) -> Path:
 
 def test_default_registry_covers_hub_files_with_layout() -> None:
     names = set(DEFAULT_REGISTRY)
-    assert len(names) == 26
+    assert len(names) == 27  # 26 hub files and the Mel-Band RoFormer separator
     assert {"hubert_base.pt", "rmvpe.pt"} <= names
     for folder, hub_folder in (("pretrained_v1", "pretrained"), ("pretrained_v2", "pretrained_v2")):
         for prefix in ("f0", ""):
@@ -509,10 +509,10 @@ def test_cli_status_prints_table(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert run_assets_command(args) == 0
     out = capsys.readouterr().out
     lines = {line.split()[0]: line.split()[1] for line in out.splitlines()[2:-1]}
-    assert len(lines) == 26
+    assert len(lines) == 27
     assert lines["hubert_base.pt"] == "missing"
     assert lines["rmvpe.pt"] == "partial"
-    assert "0 of 26 present" in out
+    assert "0 of 27 present" in out
     assert str(tmp_path) in out
 
 
