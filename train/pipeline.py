@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from infer import rvc
+from infer.devices import resolve_device
 from infer.errors import TimbreError
 from infer.fsutil import atomic_write_text
 from infer.options import OFFLINE_CONTENT_ENCODER, TRAIN_STAGES, names
@@ -532,9 +533,7 @@ def stage_distill(
 
 
 def _device(settings: TrainSettings) -> str:
-    if settings.device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return settings.device
+    return str(resolve_device(settings.device))
 
 
 def stage_report(
