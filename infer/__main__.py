@@ -1,4 +1,4 @@
-"""Command line: ``python -m infer convert ...`` and ``python -m infer assets ...``."""
+"""Command line: ``python -m infer convert|separate|cover|assets ...``."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from infer.options import (
     REFINE_STARTS,
     SAMPLER_OFF,
     SAMPLERS,
+    SEPARATORS,
     help_text,
     names,
 )
@@ -82,6 +83,91 @@ def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output", "-o", required=True, type=Path, help="output file (one input) or folder")
     p.add_argument("--format", choices=OUTPUT_FORMATS, default=None, help="output format (default: wav)")
     add_convert_options(p)
+
+
+def _add_separation_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("inputs", nargs="+", type=Path, help="songs (audio files) or folders of them")
+    p.add_argument("--output", "-o", required=True, type=Path, help="output folder")
+    p.add_argument("--separator", choices=names(SEPARATORS), default=None, help=help_text(SEPARATORS))
+    p.add_argument(
+        "--stem-cache", type=Path, default=None, help="stem cache folder (default: ~/.cache/timbre)"
+    )
+
+
+def _add_separate_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "separate",
+        help="split songs into vocals and instrumental",
+        description="Write OUTPUT/<song>.vocals.flac and OUTPUT/<song>.instrumental.flac for each song.",
+    )
+    _add_separation_options(p)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+
+
+def _add_cover_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "cover",
+        help="song covers: separate, convert the vocals, remix",
+        description=(
+            "For each song write OUTPUT/<song>.cover.flac, OUTPUT/<song>.vocals.flac (converted vocals) and "
+            "OUTPUT/<song>.instrumental.flac, at the song's rate and channel layout."
+        ),
+    )
+    _add_separation_options(p)
+    p.add_argument("--vocal-gain", type=float, default=0.0, help="dB of the converted vocals in the mix")
+    p.add_argument("--instrumental-gain", type=float, default=0.0, help="dB of the instrumental in the mix")
+    p.add_argument(
+        "--shift-instrumental", action="store_true", help="shift the instrumental by --pitch-shift too"
+    )
+    add_convert_options(p)
+
+
+def _run_separate(args: argparse.Namespace) -> int:
+    from infer.batch import collect_inputs
+    from infer.devices import resolve_device
+    from infer.separation import default_separator, get_separator, separate_file
+
+    files = collect_inputs(args.inputs)
+    engine = get_separator(args.separator or default_separator(), device=resolve_device(args.device))
+    for song in files:
+        bar, progress = tqdm_progress(song.name)
+        with bar:
+            written = separate_file(song, args.output, engine, cache_dir=args.stem_cache, progress=progress)
+        origin = "from the cache" if written.is_cached else engine.name
+        log.info("%s -> %s, %s (%s)", song, written.vocals, written.instrumental, origin)
+    return 0
+
+
+def _run_cover(args: argparse.Namespace) -> int:
+    from infer.batch import collect_inputs
+    from infer.cover import CoverParams, make_cover
+
+    cover = CoverParams(
+        separator=args.separator,
+        vocal_gain_db=args.vocal_gain,
+        instrumental_gain_db=args.instrumental_gain,
+        shift_instrumental=args.shift_instrumental,
+    )
+    params = params_from_args(args)
+    files = collect_inputs(args.inputs)
+    converter = converter_from_args(args)
+    for song in files:
+        bar, progress = tqdm_progress(song.name)
+        with bar:
+            result = make_cover(
+                converter, song, args.output, params, cover, cache_dir=args.stem_cache, progress=progress
+            )
+        timings = ", ".join(f"{k} {v:.1f}s" for k, v in result.timings_s.items())
+        log.info(
+            "%s -> %s (%s%s)",
+            song,
+            result.cover,
+            timings,
+            "; stems from the cache" if result.is_cached else "",
+        )
+        for warning in result.warnings:
+            log.warning("%s: %s", song.name, warning)
+    return 0
 
 
 def _output_paths(files: list[Path], output: Path, fmt: str | None) -> list[Path]:
@@ -168,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_convert_parser(subparsers)
+    _add_separate_parser(subparsers)
+    _add_cover_parser(subparsers)
     add_assets_parser(subparsers)
     return parser
 
@@ -185,8 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     from infer.errors import TimbreError
 
     try:
-        if args.command == "convert":
-            return _run_convert(args)
+        commands = {"convert": _run_convert, "separate": _run_separate, "cover": _run_cover}
+        if args.command in commands:
+            return commands[args.command](args)
         from infer.assets import run_assets_command
 
         return run_assets_command(args)

@@ -282,3 +282,47 @@ def _fade_in(overlap: int) -> np.ndarray:
     ramp = np.sin(0.5 * np.pi * phase) ** 2
     ramp.setflags(write=False)
     return ramp
+
+
+LIMITER_CEILING = 0.98
+"""Default sample ceiling of :func:`limit_peaks` (about -0.18 dBFS)."""
+LIMITER_WINDOW_S = 0.01
+
+
+def limit_peaks(
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    ceiling: float = LIMITER_CEILING,
+    window_s: float = LIMITER_WINDOW_S,
+) -> np.ndarray:
+    """A look-ahead peak limiter: no sample ends above ``ceiling``, gain changes are smooth, nothing clips.
+
+    The gain each sample needs, ``min(1, ceiling / |x|)`` (the loudest channel decides), goes through
+    a minimum filter and then a moving average, both ``2w + 1`` samples wide (``w`` =
+    ``window_s``): every averaged value is a mean of minima over windows that contain the sample,
+    so it never exceeds the gain that sample needs. Gain falls ``w`` samples ahead of a peak and
+    recovers over ``w`` after it. Audio already under the ceiling is returned unchanged (a copy).
+
+    Args:
+        audio: (L,) or (L, C) float samples.
+        sample_rate: their rate in Hz.
+        ceiling: the highest absolute sample value allowed, in (0, 1].
+        window_s: attack and release time in seconds.
+
+    Returns:
+        float32 array of the input's shape.
+    """
+    from scipy.ndimage import minimum_filter1d, uniform_filter1d
+
+    if not 0 < ceiling <= 1 or window_s <= 0:
+        raise ValueError(f"ceiling must be in (0, 1] and window_s > 0, got {ceiling}, {window_s}")
+    x = np.asarray(audio, dtype=np.float32)
+    peak = np.abs(x) if x.ndim == 1 else np.abs(x).max(axis=1)
+    if peak.size == 0 or float(peak.max()) <= ceiling:
+        return x.copy()
+    need = np.minimum(1.0, ceiling / np.maximum(peak, 1e-12)).astype(np.float64)
+    width = 2 * max(1, round(window_s * sample_rate)) + 1
+    gain = uniform_filter1d(minimum_filter1d(need, size=width, mode="nearest"), size=width, mode="nearest")
+    gain = np.minimum(gain, need).astype(np.float32)  # rounding of the running mean only
+    return x * (gain if x.ndim == 1 else gain[:, None])

