@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from infer.options import (
     CONVERT_PRECISIONS,
@@ -20,6 +20,9 @@ from infer.options import (
     help_text,
     names,
 )
+
+if TYPE_CHECKING:
+    from infer.assets import Registry
 
 log = logging.getLogger("infer")
 
@@ -240,6 +243,121 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 1 if outcome.failed else 0
 
 
+def add_assets_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``assets`` command (``status`` and ``download``) to a CLI's subparsers."""
+    from infer.assets import DEFAULT_BASE_URL, MIRROR_ENV_VAR, PRETRAINED_DIR_ENV_VAR
+
+    parser = subparsers.add_parser(
+        "assets",
+        help="list and download pretrained files",
+        description=(
+            f"Pretrained files live in ${PRETRAINED_DIR_ENV_VAR} or ./pretrained. Downloads come from "
+            f"{DEFAULT_BASE_URL} unless {MIRROR_ENV_VAR} or --mirror names another base URL."
+        ),
+    )
+    actions = parser.add_subparsers(dest="assets_action", metavar="ACTION", required=True)
+    status = actions.add_parser("status", help="show which pretrained files are present")
+    status.add_argument(
+        "--dir", dest="pretrained_dir", metavar="PATH", type=Path, default=None, help="pretrained folder"
+    )
+    status.add_argument("--verify", action="store_true", help="re-hash present files (slow)")
+    download = actions.add_parser("download", help="download pretrained files (resumable, checksummed)")
+    download.add_argument("names", nargs="*", metavar="NAME", help="asset names, e.g. hubert_base.pt")
+    download.add_argument("--all", dest="all_assets", action="store_true", help="download every asset")
+    download.add_argument(
+        "--mirror", metavar="URL", default=None, help=f"base URL (overrides {MIRROR_ENV_VAR})"
+    )
+    download.add_argument(
+        "--dir", dest="pretrained_dir", metavar="PATH", type=Path, default=None, help="pretrained folder"
+    )
+
+
+def run_assets_command(args: argparse.Namespace, *, registry: Registry | None = None) -> int:
+    """Run ``assets status`` or ``assets download``; returns the process exit code."""
+    from infer.assets import DEFAULT_REGISTRY
+    from infer.errors import TimbreError
+
+    registry = DEFAULT_REGISTRY if registry is None else registry
+    action = getattr(args, "assets_action", None)
+    try:
+        if action == "status":
+            return _cli_status(args, registry)
+        if action == "download":
+            return _cli_download(args, registry)
+    except TimbreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"error: unknown assets action {action!r}; use `status` or `download`", file=sys.stderr)
+    return 1
+
+
+def _size_cell(n_bytes: int | None) -> str:
+    from infer.assets.registry import format_megabytes
+
+    return "-" if n_bytes is None else format_megabytes(n_bytes)
+
+
+def _cli_status(args: argparse.Namespace, registry: Registry) -> int:
+    from infer.assets import asset_status, download_command
+    from infer.assets.registry import pretrained_root
+
+    root = pretrained_root(getattr(args, "pretrained_dir", None))
+    statuses = asset_status(root, registry, verify_checksum=bool(getattr(args, "verify", False)))
+    name_width = max([len("NAME"), *(len(s.name) for s in statuses)])
+    print(f"pretrained folder: {root}")
+    print(f"{'NAME':<{name_width}}  {'STATE':<12}  {'ON DISK':>10}  {'EXPECTED':>10}  DESCRIPTION")
+    for status in statuses:
+        description = registry[status.name].description
+        print(
+            f"{status.name:<{name_width}}  {status.state:<12}  {_size_cell(status.size_bytes):>10}  "
+            f"{_size_cell(status.expected_size_bytes):>10}  {description}"
+        )
+    usable = sum(status.is_usable for status in statuses)
+    print(f"{usable} of {len(statuses)} present; get the rest with `{download_command('NAME')}` or --all")
+    return 0
+
+
+def _cli_download(args: argparse.Namespace, registry: Registry) -> int:
+    from tqdm import tqdm
+
+    from infer.assets import download_asset, find_asset, resolve_base_url
+    from infer.assets.registry import PROGRESS_BAR_STEPS, pretrained_root
+
+    root = pretrained_root(getattr(args, "pretrained_dir", None))
+    if getattr(args, "all_assets", False):
+        names = list(registry)
+    else:
+        names = []
+        for query in getattr(args, "names", None) or []:
+            name = find_asset(query, registry).name
+            if name not in names:
+                names.append(name)
+    if not names:
+        print(
+            "error: name assets to download (see `python -m infer assets status`) or --all", file=sys.stderr
+        )
+        return 1
+    base_url = resolve_base_url(getattr(args, "mirror", None))
+    for name in names:
+        with tqdm(
+            total=PROGRESS_BAR_STEPS, desc=name, bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}"
+        ) as bar:
+
+            def show(fraction: float, message: str, bar: Any = bar) -> None:
+                bar.n = round(fraction * PROGRESS_BAR_STEPS)
+                bar.set_postfix_str(message.partition(": ")[2], refresh=False)
+                bar.refresh()
+
+            try:
+                path = download_asset(name, root, base_url=base_url, registry=registry, progress=show)
+            except KeyboardInterrupt:
+                bar.close()
+                print(f"stopped; the partial {name} is kept and resumes next time", file=sys.stderr)
+                return 130
+        print(f"{name}: {path}")
+    return 0
+
+
 def _is_user_error(exc: BaseException) -> bool:
     from infer.errors import TimbreError
 
@@ -248,8 +366,6 @@ def _is_user_error(exc: BaseException) -> bool:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``python -m infer`` argument parser."""
-    from infer.assets import add_assets_parser
-
     parser = argparse.ArgumentParser(prog="python -m infer", description="Timbre voice conversion")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -276,8 +392,6 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"convert": _run_convert, "separate": _run_separate, "cover": _run_cover}
         if args.command in commands:
             return commands[args.command](args)
-        from infer.assets import run_assets_command
-
         return run_assets_command(args)
     except (TimbreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -16,14 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from infer import assets
+from infer.__main__ import add_assets_parser, run_assets_command
 from infer.assets import (
     DEFAULT_BASE_URL,
     DEFAULT_REGISTRY,
     MIRROR_ENV_VAR,
     PRETRAINED_DIR_ENV_VAR,
     Asset,
-    add_assets_parser,
     asset_status,
     default_pretrained_dir,
     download_asset,
@@ -33,8 +32,8 @@ from infer.assets import (
     pretrained_path,
     resolve_asset,
     resolve_base_url,
-    run_assets_command,
 )
+from infer.assets import download as assets_download
 from infer.errors import AssetError, Cancelled
 
 _RNG = np.random.default_rng(1234)
@@ -227,7 +226,7 @@ def test_asset_validation_and_duplicates() -> None:
 def test_default_pretrained_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     default = default_pretrained_dir()
     assert default.name == "pretrained"
-    assert (default.parent / "infer" / "assets.py").is_file()
+    assert (default.parent / "infer" / "assets" / "registry.py").is_file()
     monkeypatch.setenv(PRETRAINED_DIR_ENV_VAR, str(tmp_path / "elsewhere"))
     assert default_pretrained_dir() == tmp_path / "elsewhere"
     assert pretrained_path("rmvpe.pt") == tmp_path / "elsewhere" / "rmvpe.pt"
@@ -402,7 +401,7 @@ def test_slow_name_lookup_is_bounded(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         time.sleep(1.5)
         raise socket.gaierror(socket.EAI_AGAIN, "resolver gave up")
 
-    monkeypatch.setattr(assets.socket, "getaddrinfo", stuck_resolver)
+    monkeypatch.setattr(assets_download.socket, "getaddrinfo", stuck_resolver)
     start = time.monotonic()
     with pytest.raises(AssetError, match=r"could not reach hub\.invalid \(timed out: name lookup"):
         download_asset(
@@ -471,7 +470,7 @@ def test_cancel_keeps_part_and_resume_finishes(tmp_path: Path, hub: LocalHub) ->
         _download("big.bin", tmp_path, hub, should_stop=stop_after_two_chunks)
     part = tmp_path / "big.bin.part"
     kept = part.stat().st_size
-    assert kept == 2 * assets.DOWNLOAD_CHUNK_BYTES
+    assert kept == 2 * assets_download.DOWNLOAD_CHUNK_BYTES
     assert part.read_bytes() == BIG[:kept]
     assert not (tmp_path / "big.bin").exists()
     path = _download("big.bin", tmp_path, hub)

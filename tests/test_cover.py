@@ -54,6 +54,7 @@ def test_limiter_holds_the_ceiling_without_clipping_and_leaves_quiet_audio_alone
     loud = x * 3.0
     y = dsp.limit_peaks(loud, rate, ceiling=0.9)
     assert np.abs(y).max() <= 0.9 + 1e-6
+
     # a limiter scales, it does not clip: the waveform keeps its shape (no flat tops)
     def flat_share(a: np.ndarray) -> float:
         return float(np.mean(np.abs(np.abs(a) - np.abs(a).max()) < 1e-4))

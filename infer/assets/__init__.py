@@ -1,0 +1,47 @@
+"""Pretrained files: the registry (:mod:`.registry`) and the resumable downloader (:mod:`.download`)."""
+
+from infer.assets.download import download_asset
+from infer.assets.registry import (
+    ASSET_KINDS,
+    ASSET_STATES,
+    DEFAULT_BASE_URL,
+    DEFAULT_REGISTRY,
+    MIRROR_ENV_VAR,
+    PRETRAINED_DIR_ENV_VAR,
+    Asset,
+    AssetStatus,
+    Registry,
+    asset_status,
+    default_pretrained_dir,
+    download_command,
+    find_asset,
+    make_registry,
+    pretrained_pair,
+    pretrained_path,
+    resolve_asset,
+    resolve_base_url,
+    sha256_of_file,
+)
+
+__all__ = [
+    "ASSET_KINDS",
+    "ASSET_STATES",
+    "DEFAULT_BASE_URL",
+    "DEFAULT_REGISTRY",
+    "MIRROR_ENV_VAR",
+    "PRETRAINED_DIR_ENV_VAR",
+    "Asset",
+    "AssetStatus",
+    "Registry",
+    "asset_status",
+    "default_pretrained_dir",
+    "download_asset",
+    "download_command",
+    "find_asset",
+    "make_registry",
+    "pretrained_pair",
+    "pretrained_path",
+    "resolve_asset",
+    "resolve_base_url",
+    "sha256_of_file",
+]
