@@ -44,6 +44,8 @@ FLOW_KERNEL_SIZE = 5
 FLOW_DILATION_RATE = 1
 FLOW_LAYERS = 3
 FLOW_COUNT = 4
+FLOW_CONTEXT_FRAMES = 24
+"""Frames before a streaming window's head that the flow still sees (RVC's ``skip_head - 24``)."""
 
 WHISPER_CONTENT_DIM = rvc.WHISPER_CONTENT_DIM
 _CONTENT_DIMS = tuple(sorted({d for v in rvc.versions() for d in rvc.allowed_content_dims(v)}))
@@ -367,7 +369,12 @@ class Synthesizer(nn.Module):
         return self.emb_g(sid).unsqueeze(-1)
 
     def prior(
-        self, phone: Tensor, phone_lengths: Tensor, pitch: Tensor | None = None, g: Tensor | None = None
+        self,
+        phone: Tensor,
+        phone_lengths: Tensor,
+        pitch: Tensor | None = None,
+        g: Tensor | None = None,
+        skip_head: int = 0,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Prior statistics from content features.
 
@@ -377,11 +384,12 @@ class Synthesizer(nn.Module):
             pitch: (B, T) int64 coarse pitch 1..255; required for pitch models, ignored otherwise.
             g: (B, gin, 1) speaker condition; RVC's text encoder does not use it (accepted so
                 every stage takes the same condition).
+            skip_head: leading frames cut after the attention (which sees all T frames).
 
         Returns:
-            ``m_p, logs_p`` (B, inter, T) and ``x_mask`` (B, 1, T) float.
+            ``m_p, logs_p`` (B, inter, T - skip_head) and ``x_mask`` (B, 1, T - skip_head) float.
         """
-        return self.enc_p(phone, phone_lengths, pitch if self.config.use_f0 else None)
+        return self.enc_p(phone, phone_lengths, pitch if self.config.use_f0 else None, skip_head)
 
     @staticmethod
     def sample_prior(
@@ -412,6 +420,7 @@ class Synthesizer(nn.Module):
         generator: torch.Generator | None = None,
         frames: tuple[int, int] | None = None,
         window_frames: int = DEFAULT_WINDOW_FRAMES,
+        output_frames: int | None = None,
     ) -> Tensor:
         """Latent -> waveform.
 
@@ -425,6 +434,9 @@ class Synthesizer(nn.Module):
                 (same samples up to float rounding, memory of one window; see
                 :meth:`HiFiGANGenerator.forward_frames`); None decodes all frames at once.
             window_frames: window length in frames when ``frames`` is given.
+            output_frames: resample the latent and the NSF harmonic source linearly to this many
+                frames before decoding (RVC's streaming ``return_length2``, for formant shift);
+                None or T keeps the length.
 
         Returns:
             (B, 1, T*hop) float waveform in [-1, 1] at ``config.sample_rate``; (B, 1, (stop - start)*hop)
@@ -443,7 +455,62 @@ class Synthesizer(nn.Module):
                 stop_frame=frames[1],
                 window_frames=window_frames,
             )
-        return self.dec(z, f0_hz, g=g, sine_noise=sine_noise, generator=generator)
+        return self.dec(
+            z, f0_hz, g=g, sine_noise=sine_noise, generator=generator, output_frames=output_frames
+        )
+
+    @torch.no_grad()
+    def infer_window(
+        self,
+        phone: Tensor,
+        phone_lengths: Tensor,
+        pitch: Tensor | None,
+        pitchf: Tensor | None,
+        sid: Tensor,
+        window: tuple[int, int, int],
+        *,
+        noise_scale: float = DEFAULT_NOISE_SCALE,
+        noise: Tensor | None = None,
+        sine_noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """Audio for frames ``[h, h + L)`` of a longer input: RVC's streaming ``infer`` with
+        ``skip_head``, ``return_length`` and ``return_length2``.
+
+        The text encoder sees all T frames and is cut at ``flow_head = max(h - 24, 0)``; the prior
+        is sampled and the flow reversed over ``[flow_head, T)``; the decoder gets only the L
+        returned frames (its NSF sine starts afresh there), resized to ``L2`` when ``L2 != L``.
+        So context costs encoder and flow time, never vocoder time.
+
+        Args:
+            phone, phone_lengths, pitch, pitchf, sid: as for :meth:`infer` (T frames).
+            window: ``(skip_head h, return_length L, return_length2 L2)`` in frames.
+            noise_scale: prior temperature.
+            noise: (B, inter, T - flow_head) prior noise; drawn when None.
+            sine_noise: (B, L*hop[, 1]) NSF noise; drawn when None.
+            generator: RNG for drawn noise.
+
+        Returns:
+            (B, 1, L2*hop) float32 waveform.
+        """
+        skip_head, length, length2 = window
+        if not (skip_head >= 0 and length > 0 and length2 > 0 and skip_head + length <= phone.shape[1]):
+            raise ValueError(f"window {window} does not fit {phone.shape[1]} frames")
+        flow_head = max(skip_head - FLOW_CONTEXT_FRAMES, 0)
+        dec_head = skip_head - flow_head
+        g = self.speaker_embedding(sid)
+        m_p, logs_p, x_mask = self.prior(phone, phone_lengths, pitch, g, skip_head=flow_head)
+        z_p = self.sample_prior(
+            m_p, logs_p, x_mask, noise_scale=noise_scale, noise=noise, generator=generator
+        )
+        z = self.flow_reverse(z_p, x_mask, g)
+        z = z[:, :, dec_head : dec_head + length]
+        x_mask = x_mask[:, :, dec_head : dec_head + length]
+        f0 = pitchf[:, skip_head : skip_head + length] if pitchf is not None else None
+        audio = self.decode(
+            z * x_mask, f0, g, sine_noise=sine_noise, generator=generator, output_frames=length2
+        )
+        return audio.float()
 
     def encode_posterior(
         self, spec: Tensor, spec_lengths: Tensor, g: Tensor, generator: torch.Generator | None = None

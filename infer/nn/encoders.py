@@ -66,7 +66,7 @@ class TextEncoder(nn.Module):
         self.proj = nn.Conv1d(hidden_channels, out_channels * 2, 1)
 
     def forward(
-        self, phone: Tensor, phone_lengths: Tensor, pitch: Tensor | None = None
+        self, phone: Tensor, phone_lengths: Tensor, pitch: Tensor | None = None, skip_head: int = 0
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Encode.
 
@@ -74,9 +74,11 @@ class TextEncoder(nn.Module):
             phone: (B, T, content_dim) float content features.
             phone_lengths: (B,) int64 valid frames.
             pitch: (B, T) int64 coarse pitch in 1..255 (required when built with ``use_pitch``).
+            skip_head: frames dropped from the front *after* the attention layers (which see all
+                T frames) and before the output projection (RVC's streaming ``skip_head``).
 
         Returns:
-            ``m_p, logs_p`` (B, inter, T) and ``x_mask`` (B, 1, T) float.
+            ``m_p, logs_p`` (B, inter, T - skip_head) and ``x_mask`` (B, 1, T - skip_head) float.
         """
         x = self.emb_phone(phone.to(self.emb_phone.weight.dtype))
         if self.emb_pitch is not None:
@@ -87,6 +89,8 @@ class TextEncoder(nn.Module):
         x = x.transpose(1, 2)  # (B, H, T)
         x_mask = sequence_mask(phone_lengths, x.shape[2]).unsqueeze(1).to(x.dtype)
         x = self.encoder(x * x_mask, x_mask)
+        if skip_head:
+            x, x_mask = x[:, :, skip_head:], x_mask[:, :, skip_head:]
         stats = self.proj(x) * x_mask
         m, logs = stats.split(self.out_channels, dim=1)
         return m, logs, x_mask

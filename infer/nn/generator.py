@@ -281,6 +281,7 @@ class HiFiGANGenerator(nn.Module):
         g: Tensor | None = None,
         sine_noise: Tensor | None = None,
         generator: torch.Generator | None = None,
+        output_frames: int | None = None,
     ) -> Tensor:
         """Decode.
 
@@ -290,11 +291,14 @@ class HiFiGANGenerator(nn.Module):
             g: (B, gin, 1) speaker condition.
             sine_noise: (B, T*hop[, 1]) noise for the NSF source; drawn when None.
             generator: RNG for drawn noise.
+            output_frames: resample ``x`` (T -> output_frames frames) and the harmonic source
+                (T*hop -> output_frames*hop samples) linearly (``align_corners=False``) before
+                decoding; None or T keeps the length.
 
         Returns:
-            (B, 1, T*hop) waveform in [-1, 1].
+            (B, 1, T*hop) waveform in [-1, 1] (``output_frames * hop`` samples when given).
         """
-        x, harmonic = self._prepare(x, f0_hz, g, sine_noise, generator)
+        x, harmonic = self._prepare(x, f0_hz, g, sine_noise, generator, output_frames)
         return self._upsample(x, harmonic)
 
     def forward_frames(
@@ -386,6 +390,7 @@ class HiFiGANGenerator(nn.Module):
         g: Tensor | None,
         sine_noise: Tensor | None,
         generator: torch.Generator | None,
+        output_frames: int | None = None,
     ) -> tuple[Tensor, Tensor | None]:
         """``conv_pre`` (+ speaker condition) and the NSF source over the whole input."""
         harmonic = None
@@ -393,6 +398,10 @@ class HiFiGANGenerator(nn.Module):
             if f0_hz is None:
                 raise ValueError("the NSF generator needs f0_hz (B, T) in Hz")
             harmonic = self.source(f0_hz, noise=sine_noise, generator=generator).to(x.dtype)
+        if output_frames is not None and output_frames != x.shape[-1]:
+            if harmonic is not None:
+                harmonic = F.interpolate(harmonic, size=output_frames * self.upp, mode="linear")
+            x = F.interpolate(x, size=output_frames, mode="linear")
         x = self.conv_pre(x)
         if g is not None and self.cond is not None:
             x = x + self.cond(g)
