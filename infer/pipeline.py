@@ -373,13 +373,13 @@ def _limit_peak(audio: np.ndarray) -> np.ndarray:
     return audio
 
 
-def _content_features(
+def content_frames(
     converter: Converter, chunk_16k: np.ndarray, pitchf: torch.Tensor | None, params: ConvertParams
 ) -> tuple[np.ndarray, int]:
     """Content features at 100 fps (index-blended, protected) and the chunk's frame count."""
     voice = converter.voice
     wav = torch.from_numpy(np.ascontiguousarray(chunk_16k, dtype=np.float32)).to(voice.device)
-    with _autocast(voice.device, converter.precision):
+    with autocast_for(voice.device, converter.precision):
         feats = converter.encoder.encode(wav.unsqueeze(0).to(voice.dtype)).float()  # (1, T, C)
     use_protect = params.protect < 0.5 and pitchf is not None
     feats_np = feats[0].cpu().numpy()
@@ -410,7 +410,7 @@ def _convert_chunk(
     voice, params, timer, g = converter.voice, state.params, state.timer, state.speaker
     synth = voice.synthesizer
     t0 = time.perf_counter()
-    feats_up, p_len = _content_features(converter, chunk_16k, pitchf, params)
+    feats_up, p_len = content_frames(converter, chunk_16k, pitchf, params)
     if pitch is not None and pitchf is not None:
         pitch, pitchf = pitch[:, :p_len], pitchf[:, :p_len]
     t0 = timer.add("content", t0)
@@ -425,7 +425,7 @@ def _convert_chunk(
     z = synth.flow_reverse(z_p, x_mask, g)
     t0 = timer.add("flow", t0)
     if params.refine is not None:
-        z = _refine_latent(voice, params, state.chunk_index, (phone, pitchf, g, x_mask, z))
+        z = refine_latent(voice, params, state.chunk_index, (phone, pitchf, g, x_mask, z))
         t0 = timer.add("diffusion", t0)
     hop = synth.config.hop_length
     sine_noise = None
@@ -439,7 +439,7 @@ def _convert_chunk(
         return np.zeros(0, dtype=np.float32)
     start_frame = trim_samples // hop
     stop_frame = -(-(total - trim_samples) // hop)
-    with _autocast(voice.device, converter.precision):
+    with autocast_for(voice.device, converter.precision):
         audio = synth.decode(
             z * x_mask,
             None if pitchf is None else pitchf.to(voice.dtype),
@@ -453,7 +453,7 @@ def _convert_chunk(
     return out
 
 
-def _refine_latent(
+def refine_latent(
     voice: Voice,
     params: ConvertParams,
     chunk_index: int,
@@ -478,6 +478,6 @@ def _refine_latent(
     ).to(z.dtype)
 
 
-def _autocast(device: torch.device, precision: str) -> torch.autocast:
+def autocast_for(device: torch.device, precision: str) -> torch.autocast:
     """bfloat16 autocast on ``device`` for ``precision == 'bf16'``; a disabled context otherwise."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
