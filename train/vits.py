@@ -40,7 +40,7 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -60,14 +60,18 @@ from infer.nn.masks import slice_segments
 from infer.options import MODEL_SIZES, TRAIN_PRECISIONS, names
 from infer.progress import ProgressFn, StopFn, report
 from infer.safeload import load_checkpoint
-from infer.synthesizer import SynthConfig, Synthesizer
+from infer.synthesizer import SynthConfig, Synthesizer, TrainingDraws
 from train.features import TrainingExample, list_training_examples
 from train.mel import SpectrogramConfig, linear_spectrogram, mel_spectrogram, spec_to_mel
 from train.trainer import MetricsFn, ResumeError, Trainer, TrainerConfig
 
 __all__ = [
     "BUCKET_BOUNDARIES_FRAMES",
+    "FORWARD_NAMES",
+    "STEP_SCALARS",
     "PretrainedError",
+    "StepForward",
+    "StepTrace",
     "VitsBatch",
     "VitsDataError",
     "VitsDataset",
@@ -78,10 +82,12 @@ __all__ = [
     "build_networks",
     "collate",
     "discriminator_loss",
+    "discriminator_losses",
     "export_synth_config",
     "feature_matching_loss",
     "fit_vits",
     "generator_adversarial_loss",
+    "generator_adversarial_losses",
     "kl_loss",
     "load_pretrained_module",
     "main",
@@ -155,9 +161,12 @@ class VitsTrainConfig:
         c_kl: weight of the KL loss.
         segment_size: training window in samples (a multiple of the hop); None = RVC's value
             for the version and rate (12800 at 40 kHz), or 12 frames for ``tiny``.
-        grad_clip_norm: global L2 norm both networks' gradients are clipped to; None = no
-            clipping (RVC only measures the norm). The default 1000 is far above the norms of
-            healthy steps (tens to a few hundred) and only stops rare blow-ups. Norms are logged.
+        weight_decay: AdamW's decoupled weight decay of both networks. RVC does not set it, so
+            torch's default 0.01 applies there; that is the default here too.
+        grad_clip_norm: global L2 norm both networks' gradients are clipped to; None (the
+            default, as RVC, whose ``clip_grad_value_(..., None)`` only measures the norm) = no
+            clipping. A value such as 1000, far above the norms of healthy steps (tens to a few
+            hundred), only stops rare blow-ups. The norms are logged either way.
         discriminator_start_step: steps trained on the mel and KL losses alone before the
             discriminator and the adversarial/feature-matching losses start (0 = from the first
             step, as RVC; a warm-up helps runs from scratch and makes quick overfit checks cheap).
@@ -170,6 +179,10 @@ class VitsTrainConfig:
         use_epoch_exports: also keep ``<name>_e<epoch>_s<step>.pth`` at every save point.
         feature_dim: content-feature width when it is not the version's HuBERT width (384 for
             whisper-tiny-en, stored in the v2 layout); None = 256 (v1) or 768 (v2).
+        generator: explicit generator hyper-parameters instead of the ``size`` preset (e.g. the
+            narrow networks of the training goldens); its sample rate, content width and pitch
+            setting must be the run's, its ``segment_size`` is replaced by the training window.
+        discriminator: explicit discriminator periods and widths instead of the preset.
         seed: seeds initialisation, batch order and noise.
         num_workers: data-loading worker processes (0 = load in the training process).
     """
@@ -191,7 +204,8 @@ class VitsTrainConfig:
     c_mel: float = 45.0
     c_kl: float = 1.0
     segment_size: int | None = None
-    grad_clip_norm: float | None = 1000.0
+    weight_decay: float = 0.01
+    grad_clip_norm: float | None = None
     discriminator_start_step: int = 0
     precision: str = "fp32"
     device: str = "auto"
@@ -200,6 +214,8 @@ class VitsTrainConfig:
     use_pretrained: bool = True
     use_epoch_exports: bool = True
     feature_dim: int | None = None
+    generator: SynthConfig | None = None
+    discriminator: DiscriminatorConfig | None = None
     seed: int = 1234
     num_workers: int = 0
 
@@ -233,7 +249,7 @@ class VitsTrainConfig:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
             raise bad(f"betas must be two numbers in [0, 1), got {self.betas}")
-        for name in ("learning_rate", "eps", "c_mel", "c_kl"):
+        for name in ("learning_rate", "eps", "c_mel", "c_kl", "weight_decay"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise bad(f"{name} must be a finite number, got {value!r}")
@@ -259,6 +275,30 @@ class VitsTrainConfig:
                 raise bad(
                     f"segment_size ({self.segment_size}) must be a positive multiple of the hop ({hop})"
                 )
+        self._check_networks()
+
+    def _check_networks(self) -> None:
+        net = self.generator
+        if isinstance(net, Mapping):
+            object.__setattr__(self, "generator", net := SynthConfig.from_dict(net))
+        if isinstance(self.discriminator, Mapping):
+            object.__setattr__(self, "discriminator", DiscriminatorConfig.from_dict(self.discriminator))
+        if net is not None and not isinstance(net, SynthConfig):
+            raise ConfigError(f"VitsTrainConfig: generator must be a SynthConfig or None, got {net!r}")
+        if self.discriminator is not None and not isinstance(self.discriminator, DiscriminatorConfig):
+            raise ConfigError("VitsTrainConfig: discriminator must be a DiscriminatorConfig or None")
+        if net is None:
+            return
+        expected = {
+            "sample_rate": self.sample_rate,
+            "content_dim": self.content_dim,
+            "use_f0": self.use_f0,
+            "spec_channels": self.spectrogram.n_freqs,
+            "hop_length": self.spectrogram.hop_length,
+        }
+        wrong = [f"{k} {getattr(net, k)} (needs {v})" for k, v in expected.items() if getattr(net, k) != v]
+        if wrong:
+            raise ConfigError(f"VitsTrainConfig: the generator does not fit the run: {', '.join(wrong)}")
 
     @property
     def content_dim(self) -> int:
@@ -286,6 +326,8 @@ class VitsTrainConfig:
 
     def synth_config(self) -> SynthConfig:
         """The generator's config (``segment_size`` in frames is the training window)."""
+        if self.generator is not None:
+            return replace(self.generator, segment_size=self.segment_frames)
         if self.size == "full":
             base = SynthConfig.preset(self.version, self.sample_rate, self.use_f0)
             return replace(base, segment_size=self.segment_frames, content_dim=self.content_dim)
@@ -319,6 +361,8 @@ class VitsTrainConfig:
 
     def discriminator_config(self) -> DiscriminatorConfig:
         """RVC's v1/v2 discriminator; for ``tiny`` one period, 1-tap kernels and 1/16 of the widths."""
+        if self.discriminator is not None:
+            return self.discriminator
         if self.size == "tiny":
             return DiscriminatorConfig(
                 periods=TINY_DISCRIMINATOR_PERIODS,
@@ -352,6 +396,9 @@ class VitsTrainConfig:
         """Plain JSON-friendly dict."""
         out = asdict(self)
         out["betas"] = list(self.betas)
+        for name in ("generator", "discriminator"):
+            net = getattr(self, name)
+            out[name] = None if net is None else net.to_dict()
         return out
 
 
@@ -383,6 +430,7 @@ class VitsItem:
         pitchf: (T,) float32 F0 in Hz, or None.
         spec: (n_freqs, T) float32 linear spectrogram.
         wav: (T * hop,) float32 audio.
+        sid: speaker id (Timbre trains one speaker: 0).
     """
 
     phone: Tensor
@@ -390,6 +438,7 @@ class VitsItem:
     pitchf: Tensor | None
     spec: Tensor
     wav: Tensor
+    sid: int = SPEAKER_ID
 
     @property
     def frames(self) -> int:
@@ -406,7 +455,7 @@ class VitsBatch:
         pitch: (B, T) int64 or None; pitchf: (B, T) float32 or None.
         spec: (B, n_freqs, T) float32; spec_lengths: (B,) int64 (equal to phone_lengths).
         wav: (B, 1, T * hop) float32; wav_lengths: (B,) int64.
-        sid: (B,) int64 speaker ids (all 0).
+        sid: (B,) int64 speaker ids.
     """
 
     phone: Tensor
@@ -559,7 +608,7 @@ class VitsDataset(torch.utils.data.Dataset):
 
 
 def collate(items: Sequence[VitsItem], *, hop_length: int, min_frames: int = 1) -> VitsBatch:
-    """Pad items (longest first) to the longest, and to at least ``min_frames`` frames."""
+    """Pad items (longest first, a stable sort) to the longest, and to at least ``min_frames`` frames."""
     items = sorted(items, key=lambda it: it.frames, reverse=True)
     frames = max(items[0].frames, min_frames)
     batch = len(items)
@@ -588,7 +637,7 @@ def collate(items: Sequence[VitsItem], *, hop_length: int, min_frames: int = 1) 
         spec_lengths=lengths.clone(),
         wav=wav,
         wav_lengths=lengths * hop_length,
-        sid=torch.full((batch,), SPEAKER_ID, dtype=torch.int64),
+        sid=torch.tensor([item.sid for item in items], dtype=torch.int64),
     )
 
 
@@ -647,20 +696,44 @@ def bucket_batches(
 # --------------------------------------------------------------------------- losses
 
 
-def discriminator_loss(real_logits: Sequence[Tensor], fake_logits: Sequence[Tensor]) -> Tensor:
-    """LSGAN discriminator loss ``sum_k mean((1 - D_k(y))^2) + mean(D_k(y_hat)^2)`` (float32)."""
+def discriminator_losses(
+    real_logits: Sequence[Tensor], fake_logits: Sequence[Tensor]
+) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """LSGAN discriminator loss ``sum_k [mean((1 - D_k(y))^2) + mean(D_k(y_hat)^2)]`` (float32).
+
+    Returns:
+        ``(loss, real terms, fake terms)``, one term per sub-discriminator (RVC's return value).
+    """
     loss = torch.zeros((), device=real_logits[0].device)
+    real_terms, fake_terms = [], []
     for real, fake in zip(real_logits, fake_logits, strict=True):
-        loss = loss + torch.mean((1 - real.float()) ** 2) + torch.mean(fake.float() ** 2)
-    return loss
+        real_term = torch.mean((1 - real.float()) ** 2)
+        fake_term = torch.mean(fake.float() ** 2)
+        loss = loss + (real_term + fake_term)
+        real_terms.append(real_term)
+        fake_terms.append(fake_term)
+    return loss, real_terms, fake_terms
+
+
+def discriminator_loss(real_logits: Sequence[Tensor], fake_logits: Sequence[Tensor]) -> Tensor:
+    """The total of :func:`discriminator_losses`."""
+    return discriminator_losses(real_logits, fake_logits)[0]
+
+
+def generator_adversarial_losses(fake_logits: Sequence[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """LSGAN generator loss ``sum_k mean((1 - D_k(y_hat))^2)`` (float32) and its per-k terms."""
+    loss = torch.zeros((), device=fake_logits[0].device)
+    terms = []
+    for fake in fake_logits:
+        term = torch.mean((1 - fake.float()) ** 2)
+        loss = loss + term
+        terms.append(term)
+    return loss, terms
 
 
 def generator_adversarial_loss(fake_logits: Sequence[Tensor]) -> Tensor:
-    """LSGAN generator loss ``sum_k mean((1 - D_k(y_hat))^2)`` (float32)."""
-    loss = torch.zeros((), device=fake_logits[0].device)
-    for fake in fake_logits:
-        loss = loss + torch.mean((1 - fake.float()) ** 2)
-    return loss
+    """The total of :func:`generator_adversarial_losses`."""
+    return generator_adversarial_losses(fake_logits)[0]
 
 
 def feature_matching_loss(
@@ -683,6 +756,95 @@ def kl_loss(z_p: Tensor, logs_q: Tensor, m_p: Tensor, logs_p: Tensor, z_mask: Te
     z_p, logs_q, m_p, logs_p, z_mask = (t.float() for t in (z_p, logs_q, m_p, logs_p, z_mask))
     kl = logs_p - logs_q - 0.5 + 0.5 * (z_p - m_p) ** 2 * torch.exp(-2.0 * logs_p)
     return torch.sum(kl * z_mask) / torch.sum(z_mask)
+
+
+STEP_SCALARS = (
+    "loss_disc",
+    "loss_gen",
+    "loss_fm",
+    "loss_mel",
+    "loss_kl",
+    "loss_gen_all",
+    "grad_norm_d",
+    "grad_norm_g",
+)
+"""The scalar results of one step, by RVC's names."""
+FORWARD_NAMES = ("z", "z_p", "m_p", "logs_p", "m_q", "logs_q")
+"""The latents of the generator's training forward, in the order it returns them."""
+
+
+@dataclass(frozen=True)
+class StepForward:
+    """The generator's training forward and the tensors derived from it.
+
+    Attributes:
+        y_hat: (B, 1, S) generated window; ids_slice: (B,) int64 window starts in frames.
+        x_mask, z_mask: (B, 1, T) text-encoder and spectrogram masks.
+        latents: ``(z, z_p, m_p, logs_p, m_q, logs_q)``, each (B, inter, T).
+        mel: (B, n_mels, T) mel of the batch spectrogram; y_mel: (B, n_mels, W) its windows.
+        y_hat_mel: (B, n_mels, W) mel of ``y_hat``; wave: (B, 1, S) the real windows.
+    """
+
+    y_hat: Tensor
+    ids_slice: Tensor
+    x_mask: Tensor
+    z_mask: Tensor
+    latents: tuple[Tensor, ...]
+    mel: Tensor
+    y_mel: Tensor
+    y_hat_mel: Tensor
+    wave: Tensor
+
+
+def _floats(terms: Sequence[Tensor]) -> list[float]:
+    return torch.stack([t.detach().float() for t in terms]).tolist()
+
+
+@dataclass
+class StepTrace:
+    """What one :meth:`VitsTrainer.train_step` computed, to compare it with a reference step.
+
+    Attributes:
+        tensors: detached copies by RVC's names: ``y_hat``, ``ids_slice``, ``x_mask``,
+            ``z_mask``, the :data:`FORWARD_NAMES`, ``mel``, ``y_mel``, ``y_hat_mel``,
+            ``wave_slice``, and the discriminator logits ``dstep_y_d_hat_{r,g}_<k>`` (before its
+            update) and ``gstep_y_d_hat_{r,g}_<k>`` (after it, for the generator losses).
+        losses: the :data:`STEP_SCALARS` and the per-sub-discriminator ``losses_disc_r``,
+            ``losses_disc_g`` and ``losses_gen``.
+        grads: ``{'generator' | 'discriminator': {parameter name: gradient}}`` as each optimizer
+            stepped.
+    """
+
+    tensors: dict[str, Tensor] = field(default_factory=dict)
+    losses: dict[str, Any] = field(default_factory=dict)
+    grads: dict[str, dict[str, Tensor]] = field(default_factory=dict)
+
+    def record_forward(self, fwd: StepForward) -> None:
+        """Keep the forward tensors."""
+        named = dict(zip(FORWARD_NAMES, fwd.latents, strict=True))
+        named |= {
+            "y_hat": fwd.y_hat,
+            "ids_slice": fwd.ids_slice,
+            "x_mask": fwd.x_mask,
+            "z_mask": fwd.z_mask,
+            "mel": fwd.mel,
+            "y_mel": fwd.y_mel,
+            "y_hat_mel": fwd.y_hat_mel,
+            "wave_slice": fwd.wave,
+        }
+        self.tensors |= {k: v.detach().clone() for k, v in named.items()}
+
+    def record_logits(self, stage: str, real: Sequence[Tensor], fake: Sequence[Tensor]) -> None:
+        """Keep one discriminator pass's outputs (``stage`` 'dstep' or 'gstep')."""
+        for k, (r, g) in enumerate(zip(real, fake, strict=True)):
+            self.tensors[f"{stage}_y_d_hat_r_{k}"] = r.detach().clone()
+            self.tensors[f"{stage}_y_d_hat_g_{k}"] = g.detach().clone()
+
+    def record_grads(self, role: str, module: nn.Module) -> None:
+        """Keep ``module``'s gradients (parameters without one are left out)."""
+        self.grads[role] = {
+            name: p.grad.detach().clone() for name, p in module.named_parameters() if p.grad is not None
+        }
 
 
 # --------------------------------------------------------------------------- pretrained
@@ -838,10 +1000,13 @@ def _pick_device(config: VitsTrainConfig, local_rank: int, world_size: int) -> t
 
 
 def _grad_norm(parameters: Sequence[nn.Parameter], max_norm: float | None) -> Tensor:
-    grads = [p for p in parameters if p.grad is not None]
-    if not grads:
+    """Global L2 norm of the gradients; they are clipped to ``max_norm`` unless it is None."""
+    with_grad = [p for p in parameters if p.grad is not None]
+    if not with_grad:
         return torch.zeros(())
-    return torch.nn.utils.clip_grad_norm_(grads, math.inf if max_norm is None else max_norm)
+    if max_norm is None:
+        return torch.nn.utils.get_total_norm([p.grad for p in with_grad])
+    return torch.nn.utils.clip_grad_norm_(with_grad, max_norm)
 
 
 _NEVER_STEPS = 1 << 62
@@ -935,7 +1100,9 @@ class VitsTrainer(Trainer):
 
     def _optimizer(self, module: nn.Module) -> torch.optim.Optimizer:
         c = self.vits_config
-        return torch.optim.AdamW(module.parameters(), lr=c.learning_rate, betas=c.betas, eps=c.eps)
+        return torch.optim.AdamW(
+            module.parameters(), lr=c.learning_rate, betas=c.betas, eps=c.eps, weight_decay=c.weight_decay
+        )
 
     # --- base hooks ---------------------------------------------------------------------------
     def modules(self) -> dict[str, nn.Module]:
@@ -1023,68 +1190,45 @@ class VitsTrainer(Trainer):
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
 
-    def train_step(self, batch: VitsBatch | None) -> dict[str, float]:
-        """One discriminator and one generator update (RVC's order)."""
+    def train_step(
+        self,
+        batch: VitsBatch | None,
+        *,
+        draws: TrainingDraws | None = None,
+        trace: StepTrace | None = None,
+    ) -> dict[str, float]:
+        """One discriminator and one generator update, in RVC's order.
+
+        1. The generator runs on the whole batch and decodes one window per row.
+        2. Target mel: the mel of the batch spectrogram, sliced at the windows. Generated mel:
+           the mel of the decoded audio.
+        3. The discriminator scores (real window, detached fake): ``loss_disc``, AdamW step.
+        4. The *updated* discriminator scores (real window, fake) again: ``loss_gen`` and
+           ``loss_fm``; with ``c_mel`` * mel L1 and ``c_kl`` * KL they make ``loss_gen_all``,
+           AdamW step.
+
+        Args:
+            batch: the padded batch.
+            draws: the generator forward's random draws, given instead of drawn (replaying a
+                reference step).
+            trace: filled with the step's tensors, losses and gradients when given.
+
+        Returns:
+            The step's losses, gradient norms and learning rate.
+        """
         if batch is None:
             raise RuntimeError("a skipped batch reached train_step")
-        c = self.vits_config
         b = batch.to(self.device, non_blocking=True)
-        hop = self.spectrogram.hop_length
-        segment_frames = self.synth_config.segment_size
-        use_adversarial = self.step >= c.discriminator_start_step
+        use_adversarial = self.step >= self.vits_config.discriminator_start_step
         self.net_g.train()
         self.net_d.train()
-        with self._autocast():
-            y_hat, ids_slice, _x_mask, z_mask, (_z, z_p, m_p, logs_p, _m_q, logs_q) = self.train_g(
-                b.phone, b.phone_lengths, b.pitch, b.pitchf, b.spec, b.spec_lengths, b.sid
-            )
-            wave = slice_segments(b.wav, ids_slice * hop, segment_frames * hop)
-            with torch.autocast(device_type=self.device.type, enabled=False):
-                y_mel = spec_to_mel(slice_segments(b.spec, ids_slice, segment_frames), self.spectrogram)
-                y_hat_mel = mel_spectrogram(y_hat.float().squeeze(1), self.spectrogram)
+        fwd = self._generator_forward(b, draws)
+        if trace is not None:
+            trace.record_forward(fwd)
         scalars: dict[str, Tensor] = {}
         if use_adversarial:
-            with self._autocast():
-                real_logits, fake_logits, _, _ = self.train_d(wave, y_hat.detach())
-                loss_disc = discriminator_loss(real_logits, fake_logits)
-            self.optim_d.zero_grad(set_to_none=True)
-            self.scaler.scale(loss_disc).backward()
-            self.scaler.unscale_(self.optim_d)
-            grad_norm_d = _grad_norm(list(self.net_d.parameters()), c.grad_clip_norm)
-            self._optimizer_step(self.optim_d, grad_norm_d)
-            scalars |= {"loss_disc": loss_disc, "grad_norm_d": grad_norm_d}
-
-        # The generator's step needs no discriminator weight gradients; skip them where DDP allows.
-        freeze_d = use_adversarial and self.world_size == 1
-        if freeze_d:
-            self.net_d.requires_grad_(False)
-        try:
-            with self._autocast():
-                loss_mel_l1 = F.l1_loss(y_hat_mel, y_mel)
-                loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask)
-                loss_gen_all = c.c_mel * loss_mel_l1 + c.c_kl * loss_kl
-                if use_adversarial:
-                    _, fake_logits, real_fmaps, fake_fmaps = self.train_d(wave, y_hat)
-                    loss_fm = feature_matching_loss(real_fmaps, fake_fmaps)
-                    loss_gen = generator_adversarial_loss(fake_logits)
-                    loss_gen_all = loss_gen + loss_fm + loss_gen_all
-                    scalars |= {"loss_gen": loss_gen, "loss_fm": loss_fm}
-            self.optim_g.zero_grad(set_to_none=True)
-            self.scaler.scale(loss_gen_all).backward()
-        finally:
-            if freeze_d:
-                self.net_d.requires_grad_(True)
-        self.scaler.unscale_(self.optim_g)
-        grad_norm_g = _grad_norm(list(self.net_g.parameters()), c.grad_clip_norm)
-        self._optimizer_step(self.optim_g, grad_norm_g)
-        self.scaler.update()
-        scalars |= {
-            "loss_mel": c.c_mel * loss_mel_l1,
-            "mel_l1": loss_mel_l1,
-            "loss_kl": loss_kl,
-            "loss_gen_all": loss_gen_all,
-            "grad_norm_g": grad_norm_g,
-        }
+            scalars |= self._discriminator_step(fwd, trace)
+        scalars |= self._generator_step(fwd, use_adversarial, trace)
         if self.scaler.is_enabled():
             scalars["grad_scale"] = torch.tensor(float(self.scaler.get_scale()))
         # One device-to-host copy for all the numbers.
@@ -1093,7 +1237,85 @@ class VitsTrainer(Trainer):
         ).tolist()
         metrics = dict(zip(scalars, values, strict=True))
         metrics["lr"] = float(self.optim_g.param_groups[0]["lr"])
+        if trace is not None:
+            trace.losses |= {k: v for k, v in metrics.items() if k in STEP_SCALARS}
         return metrics
+
+    def _generator_forward(self, b: VitsBatch, draws: TrainingDraws | None) -> StepForward:
+        hop = self.spectrogram.hop_length
+        segment_frames = self.synth_config.segment_size
+        with self._autocast():
+            y_hat, ids_slice, x_mask, z_mask, latents = self.train_g(
+                b.phone, b.phone_lengths, b.pitch, b.pitchf, b.spec, b.spec_lengths, b.sid, draws=draws
+            )
+            wave = slice_segments(b.wav, ids_slice * hop, segment_frames * hop)
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                # RVC: the mel of the whole (pre-trim) spectrogram, then the window of it.
+                mel = spec_to_mel(b.spec, self.spectrogram)
+                y_mel = slice_segments(mel, ids_slice, segment_frames)
+                y_hat_mel = mel_spectrogram(y_hat.float().squeeze(1), self.spectrogram)
+        return StepForward(y_hat, ids_slice, x_mask, z_mask, latents, mel, y_mel, y_hat_mel, wave)
+
+    def _discriminator_step(self, fwd: StepForward, trace: StepTrace | None) -> dict[str, Tensor]:
+        with self._autocast():
+            real_logits, fake_logits, _, _ = self.train_d(fwd.wave, fwd.y_hat.detach())
+            loss_disc, real_terms, fake_terms = discriminator_losses(real_logits, fake_logits)
+        self.optim_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss_disc).backward()
+        self.scaler.unscale_(self.optim_d)
+        grad_norm_d = _grad_norm(list(self.net_d.parameters()), self.vits_config.grad_clip_norm)
+        if trace is not None:
+            trace.record_logits("dstep", real_logits, fake_logits)
+            trace.losses |= {"losses_disc_r": _floats(real_terms), "losses_disc_g": _floats(fake_terms)}
+            trace.record_grads("discriminator", self.net_d)
+        self._optimizer_step(self.optim_d, grad_norm_d)
+        return {"loss_disc": loss_disc, "grad_norm_d": grad_norm_d}
+
+    def _generator_step(
+        self, fwd: StepForward, use_adversarial: bool, trace: StepTrace | None
+    ) -> dict[str, Tensor]:
+        c = self.vits_config
+        scalars: dict[str, Tensor] = {}
+        # The generator's step needs no discriminator weight gradients; skip them where DDP allows.
+        freeze_d = use_adversarial and self.world_size == 1
+        if freeze_d:
+            self.net_d.requires_grad_(False)
+        try:
+            with self._autocast():
+                if use_adversarial:
+                    real_logits, fake_logits, real_fmaps, fake_fmaps = self.train_d(fwd.wave, fwd.y_hat)
+                with torch.autocast(device_type=self.device.type, enabled=False):
+                    mel_l1 = F.l1_loss(fwd.y_mel, fwd.y_hat_mel)
+                    loss_mel = mel_l1 * c.c_mel
+                    _, z_p, m_p, logs_p, _, logs_q = fwd.latents
+                    loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, fwd.z_mask) * c.c_kl
+                    loss_gen_all = loss_mel + loss_kl
+                    if use_adversarial:
+                        loss_fm = feature_matching_loss(real_fmaps, fake_fmaps)
+                        loss_gen, gen_terms = generator_adversarial_losses(fake_logits)
+                        loss_gen_all = loss_gen + loss_fm + loss_mel + loss_kl  # RVC's order of the sum
+                        scalars |= {"loss_gen": loss_gen, "loss_fm": loss_fm}
+                        if trace is not None:
+                            trace.record_logits("gstep", real_logits, fake_logits)
+                            trace.losses["losses_gen"] = _floats(gen_terms)
+            self.optim_g.zero_grad(set_to_none=True)
+            self.scaler.scale(loss_gen_all).backward()
+        finally:
+            if freeze_d:
+                self.net_d.requires_grad_(True)
+        self.scaler.unscale_(self.optim_g)
+        grad_norm_g = _grad_norm(list(self.net_g.parameters()), c.grad_clip_norm)
+        if trace is not None:
+            trace.record_grads("generator", self.net_g)
+        self._optimizer_step(self.optim_g, grad_norm_g)
+        self.scaler.update()
+        return scalars | {
+            "loss_mel": loss_mel,
+            "mel_l1": mel_l1,
+            "loss_kl": loss_kl,
+            "loss_gen_all": loss_gen_all,
+            "grad_norm_g": grad_norm_g,
+        }
 
     @torch.no_grad()
     def evaluate(self, batch: VitsBatch, *, seed: int = 0) -> dict[str, float]:
