@@ -68,8 +68,10 @@ from train.trainer import MetricsFn, ResumeError, Trainer, TrainerConfig
 __all__ = [
     "BUCKET_BOUNDARIES_FRAMES",
     "FORWARD_NAMES",
+    "SPEAKER_TABLE_KEY",
     "STEP_SCALARS",
     "PretrainedError",
+    "PretrainedLoad",
     "StepForward",
     "StepTrace",
     "VitsBatch",
@@ -183,6 +185,8 @@ class VitsTrainConfig:
             narrow networks of the training goldens); its sample rate, content width and pitch
             setting must be the run's, its ``segment_size`` is replaced by the training window.
         discriminator: explicit discriminator periods and widths instead of the preset.
+        speakers: rows of the generator's speaker table; None = the preset's (RVC's 109 for
+            full size). With another count the base file's table is not used (it is reported).
         seed: seeds initialisation, batch order and noise.
         num_workers: data-loading worker processes (0 = load in the training process).
     """
@@ -216,6 +220,7 @@ class VitsTrainConfig:
     feature_dim: int | None = None
     generator: SynthConfig | None = None
     discriminator: DiscriminatorConfig | None = None
+    speakers: int | None = None
     seed: int = 1234
     num_workers: int = 0
 
@@ -243,6 +248,10 @@ class VitsTrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise bad(f"{name} must be an int >= 0, got {value!r}")
+        if self.speakers is not None and (
+            isinstance(self.speakers, bool) or not isinstance(self.speakers, int) or self.speakers < 1
+        ):
+            raise bad(f"speakers must be a positive int or None, got {self.speakers!r}")
         dim = self.feature_dim
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
             raise bad(f"feature_dim must be a positive int or None, got {self.feature_dim!r}")
@@ -326,6 +335,12 @@ class VitsTrainConfig:
 
     def synth_config(self) -> SynthConfig:
         """The generator's config (``segment_size`` in frames is the training window)."""
+        net = self._base_synth_config()
+        if self.speakers is not None:
+            net = replace(net, spk_embed_dim=self.speakers)
+        return net
+
+    def _base_synth_config(self) -> SynthConfig:
         if self.generator is not None:
             return replace(self.generator, segment_size=self.segment_frames)
         if self.size == "full":
@@ -872,8 +887,46 @@ def _few(keys: Sequence[str], limit: int = 4) -> str:
     return ", ".join(repr(k) for k in keys[:limit]) + more
 
 
-def load_pretrained_module(module: nn.Module, path: Path, role: str, description: str) -> None:
-    """Load RVC's ``{'model': state_dict}`` file into ``module`` strictly, or raise PretrainedError."""
+SPEAKER_TABLE_KEY = "emb_g.weight"
+"""The generator's speaker table: the one tensor a base file may give in another shape."""
+
+
+@dataclass(frozen=True)
+class PretrainedLoad:
+    """What a pretrained file gave a network.
+
+    Attributes:
+        role: ``'generator'`` or ``'discriminator'``.
+        path: the file.
+        loaded: keys taken from the file.
+        new: keys that keep their fresh initialisation: the speaker table when the file's
+            speaker count differs from the model's (RVC's bases have 109 speakers).
+    """
+
+    role: str
+    path: Path
+    loaded: tuple[str, ...]
+    new: tuple[str, ...]
+
+    def summary(self) -> str:
+        """One line for the log and the run info."""
+        text = f"pretrained {self.role} {self.path.name}: {len(self.loaded)} tensors loaded"
+        if self.new:
+            text += f", {len(self.new)} new (fresh initialisation): {', '.join(self.new)}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-friendly dict (the key lists in full)."""
+        return {"role": self.role, "path": str(self.path), "loaded": list(self.loaded), "new": list(self.new)}
+
+
+def load_pretrained_module(module: nn.Module, path: Path, role: str, description: str) -> PretrainedLoad:
+    """Load RVC's ``{'model': state_dict}`` file into ``module`` strictly, or raise PretrainedError.
+
+    Every key must be there with the model's shape, except the generator's speaker table
+    (:data:`SPEAKER_TABLE_KEY`), which keeps its fresh initialisation when the file has another
+    speaker count. Tensors are converted to the model's dtype (base files are fp16).
+    """
     state = _read_pretrained_state(path, role)
     own = module.state_dict()
     if role == "generator" and any(k.startswith("discriminators.") for k in state):
@@ -886,11 +939,9 @@ def load_pretrained_module(module: nn.Module, path: Path, role: str, description
         )
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
-    wrong = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
+    resized = [k for k in own if k in state and state[k].shape != own[k].shape]
+    new = [k for k in resized if k == SPEAKER_TABLE_KEY and own[k].dim() == state[k].dim() == 2]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in resized if k not in new]
     if missing or unexpected or wrong:
         raise PretrainedError(
             f"the pretrained {role} {path.name} does not fit the {description} model being trained: "
@@ -898,7 +949,10 @@ def load_pretrained_module(module: nn.Module, path: Path, role: str, description
             f"[{_few(unexpected)}], {len(wrong)} wrong shapes [{_few(wrong)}]. Use the base files made "
             "for the same version, sample rate and pitch setting"
         )
+    for key in new:
+        state[key] = own[key]
     module.load_state_dict(state, strict=True)
+    return PretrainedLoad(role, path, tuple(k for k in own if k not in new), tuple(new))
 
 
 def resolve_pretrained(
@@ -1065,6 +1119,7 @@ class VitsTrainer(Trainer):
         self.f0_method = f0_method
         self.warnings: list[str] = []
         self.trained_from = "scratch"
+        self.pretrained_loads: list[PretrainedLoad] = []
         self.device = _pick_device(config, local_rank, world_size)
         self.spectrogram = config.spectrogram
         self.synth_config = config.synth_config()
@@ -1417,25 +1472,38 @@ class VitsTrainer(Trainer):
         log.info("exported %s (epoch %d, step %d)", latest.name, self.epoch, self.step)
         return latest
 
-    def load_pretrained(self, g_path: Path | None, d_path: Path | None) -> None:
-        """Start from RVC base files (strict); either may be None."""
+    def load_pretrained(self, g_path: Path | None, d_path: Path | None) -> list[PretrainedLoad]:
+        """Start from RVC base files (strict, see :func:`load_pretrained_module`); either may be None.
+
+        Returns:
+            What each file gave (also logged and kept in ``pretrained_loads`` for the run info).
+        """
         c = self.vits_config
         description = f"{c.version} {c.sample_rate} Hz {'pitch' if c.use_f0 else 'no-pitch'} ({c.size})"
-        if g_path is not None:
-            load_pretrained_module(self.net_g, g_path, "generator", description)
-            log.info("generator initialised from %s", g_path)
-        if d_path is not None:
-            load_pretrained_module(self.net_d, d_path, "discriminator", description)
-            log.info("discriminator initialised from %s", d_path)
-        loaded = [
-            role for role, path in (("generator", g_path), ("discriminator", d_path)) if path is not None
+        loads = [
+            load_pretrained_module(module, path, role, description)
+            for module, path, role in (
+                (self.net_g, g_path, "generator"),
+                (self.net_d, d_path, "discriminator"),
+            )
+            if path is not None
         ]
-        if len(loaded) == 2:
+        for load in loads:
+            log.info("%s", load.summary())
+            if load.new:
+                log.warning(
+                    "the %s's %s starts from random values: the base file was made for another speaker count",
+                    load.role,
+                    ", ".join(load.new),
+                )
+        self.pretrained_loads = loads
+        if len(loads) == 2:
             self.trained_from = "pretrained"
-        elif loaded:
-            self.trained_from = f"pretrained {loaded[0]} only"
+        elif loads:
+            self.trained_from = f"pretrained {loads[0].role} only"
         else:
             self.trained_from = "scratch"
+        return loads
 
     def warn(self, message: str) -> None:
         """Log a warning, show it through progress and record it in the exported metadata."""
@@ -1564,6 +1632,10 @@ def _write_run_info(trainer: VitsTrainer) -> None:
         "config": trainer.vits_config.to_dict(),
         "export_dir": str(trainer.export_dir),
         "trained_from": trainer.trained_from,
+        "pretrained": [
+            {"role": p.role, "path": str(p.path), "loaded": len(p.loaded), "new": list(p.new)}
+            for p in trainer.pretrained_loads
+        ],
         "warnings": trainer.warnings,
         "segments": len(trainer.dataset),
         "dataset_duration_s": trainer.dataset.duration_s,
