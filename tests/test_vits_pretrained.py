@@ -113,10 +113,13 @@ def test_real_size_base_files_load_strictly_with_a_key_report(
     assert g_load.to_dict()["new"] == [SPEAKER_TABLE_KEY]
 
     # Any other shape change is still a clear error.
-    with pytest.raises(PretrainedError, match=r"does not fit the v2 40000 Hz no-pitch .* unexpected keys \[.dec\.m_source"):
+    with pytest.raises(
+        PretrainedError, match=r"does not fit the v2 40000 Hz no-pitch .* unexpected keys \[.dec\.m_source"
+    ):
         _real_size_trainer(work_40k, tmp_path / "nof0", use_f0=False).load_pretrained(g_path, None)
 
 
+@pytest.mark.slow
 def test_real_size_first_step_from_base_files_runs(
     base_files: tuple[Path, Path, dict[str, torch.Tensor]], work_40k: Path, tmp_path: Path
 ) -> None:
