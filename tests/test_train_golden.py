@@ -149,6 +149,8 @@ class Golden:
             "discriminator": discriminator,
             "use_pretrained": False,
             "device": "cpu",
+            # The clips are shorter than RVC's sampler keeps; the step does not use the sampler.
+            "bucketing": "exact",
         }
         return VitsTrainConfig(**(values | overrides))
 
@@ -323,6 +325,7 @@ def test_train_golden_defaults_are_rvcs(run: Replay) -> None:
     assert default.weight_decay == golden.config["optimizer"]["weight_decay"]
     assert default.grad_clip_norm is None  # RVC's clip_grad_value_(..., None) only measures
     assert default.discriminator_start_step == 0
+    assert default.bucketing == "rvc"
     data, spec = golden.config["hps_data"], run.trainer.spectrogram
     assert (spec.n_fft, spec.hop_length, spec.win_length) == (
         data["filter_length"],

@@ -29,7 +29,7 @@ from train.features import (
 from train.vits import SPEAKER_TABLE_KEY, PretrainedError, VitsTrainConfig, VitsTrainer
 
 SAMPLE_RATE = 40000
-CLIP_S = 0.6
+CLIP_S = 1.0  # RVC's sampler leaves out segments under about 0.75 s
 F0_HZ = 150.0
 
 
