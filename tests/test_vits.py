@@ -27,7 +27,9 @@ from train.features import list_training_examples
 from train.mel import SpectrogramConfig, linear_spectrogram, mel_basis, spec_to_mel
 from train.trainer import ResumeError
 from train.vits import (
+    RVC_BUCKET_BOUNDARIES_FRAMES,
     PretrainedError,
+    VitsDataError,
     VitsTrainConfig,
     VitsTrainer,
     bucket_batches,
@@ -186,6 +188,33 @@ def test_bucket_batches_are_deterministic_per_epoch_and_sharded_by_rank() -> Non
     ranks = [bucket_batches(lengths, 2, seed=5, epoch=3, rank=r, world_size=2) for r in range(2)]
     assert len(ranks[0]) == len(ranks[1]) == 5  # buckets of 7, 5 and 2 items padded to multiples of 4
     assert {i for batches in ranks for b in batches for i in b} == set(range(len(lengths)))
+
+
+def test_rvc_bucketing_is_rvcs_sampler_and_the_default() -> None:
+    """RVC's sampler: buckets (100, 900] of its length estimate, others left out, order by epoch."""
+    assert VitsTrainConfig().bucketing == "rvc" and VitsTrainConfig.tiny().bucketing == "exact"
+    lengths = [60, 100, 101, 150, 450, 900, 901, 2000]
+    rvc = dict(boundaries=RVC_BUCKET_BOUNDARIES_FRAMES, use_outside=False)
+    first = bucket_batches(lengths, 1, seed=None, epoch=1, **rvc)
+    assert sorted(i for b in first for i in b) == [2, 3, 4, 5]  # (100, 900] only
+    assert first == bucket_batches(lengths, 1, seed=None, epoch=1, **rvc)
+    # The order depends on the epoch alone: RVC seeds its generator with the epoch.
+    generator = torch.Generator().manual_seed(3)
+    buckets = [[2, 3], [4], [5]]  # (100, 200], (400, 500], (800, 900]
+    expected = [[b[i]] for b in buckets for i in torch.randperm(len(b), generator=generator).tolist()]
+    expected = [expected[i] for i in torch.randperm(len(expected), generator=generator).tolist()]
+    assert bucket_batches(lengths, 1, seed=None, epoch=3, **rvc) == expected
+
+
+def test_rvc_bucketing_in_the_trainer_uses_the_file_size_estimate(
+    one_clip: Path, two_clips: Path, tmp_path: Path
+) -> None:
+    kept = _trainer(two_clips, tmp_path / "two", VitsTrainConfig.tiny(bucketing="rvc"))
+    # 0.8 s float32 wavs at 16 kHz: (51200 + 44 header bytes) // (3 * 160) = 106 > 100.
+    assert kept.dataset.size_lengths == [106, 106]
+    assert sorted(i for b in kept._epoch_batches(1) for i in b) == [0, 1]
+    with pytest.raises(VitsDataError, match="RVC's sampler leaves out every segment"):
+        _trainer(one_clip, tmp_path / "one", VitsTrainConfig.tiny(bucketing="rvc"))  # 0.4 s: 53
 
 
 # --------------------------------------------------------------------------- training
