@@ -130,6 +130,8 @@ def test_discriminator_config_validation() -> None:
 
     with pytest.raises(ConfigError, match="width_divisor"):
         DiscriminatorConfig(periods=(2,), width_divisor=3)
+    with pytest.raises(ConfigError, match="groups do not divide"):
+        DiscriminatorConfig(periods=(2,), scale_channels=(16, 64, 256, 1024, 1000, 1024))
 
     with pytest.raises(ConfigError, match="unknown keys"):
         DiscriminatorConfig.from_dict({"periods": [2], "use_spectral_norm": True})

@@ -10,7 +10,6 @@ recorded draws fed, after a strict load of the fp16 ``{'model': ...}`` G/D files
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -431,18 +430,6 @@ def test_train_golden_after_step_checksums(run: Replay) -> None:
             atol = AFTER_OUTLIER_ATOL * max(1.0, AFTER_OUTLIER_FRACTION * p.numel())
             assert float(p.sum()) == pytest.approx(values["sum"], rel=CHECKSUM_RTOL, abs=atol), name
             assert float(p.abs().sum()) == pytest.approx(values["sum_abs"], rel=CHECKSUM_RTOL, abs=atol), name
-
-
-def test_train_golden_bit_identical_parameters_where_the_path_is(run: Replay) -> None:
-    """sha256 of the float32 bytes matches only on a bit-identical path; count how often it does."""
-    after = _params(run.trainer)
-    rows = run.golden.checksums["G"] | {f"D.{k}": v for k, v in run.golden.checksums["D"].items()}
-    same = 0
-    for name, row in rows.items():
-        role, key = ("discriminator", name[2:]) if name.startswith("D.") else ("generator", name)
-        digest = hashlib.sha256(after[role][key].numpy().astype("<f4").tobytes()).hexdigest()
-        same += digest == row[-1]
-    assert 0 <= same <= len(rows)
 
 
 # --------------------------------------------------------------------------- the test can fail
