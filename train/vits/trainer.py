@@ -225,7 +225,8 @@ class VitsTrainer(Trainer):
         unknown = sorted(set(state) - set(expected))
         if unknown:
             raise ResumeError(f"checkpoint has extra state this trainer does not know: {unknown}")
-        saved, current = state.get("settings", {}), expected["settings"]
+        # Checkpoints from before the bucketing option were trained with what is now 'exact'.
+        saved, current = {"bucketing": "exact"} | state.get("settings", {}), expected["settings"]
         changed = [f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in current if saved.get(k) != current[k]]
         if changed:
             raise ResumeError(
