@@ -116,6 +116,12 @@ MODEL_SIZES: dict[str, Choice] = _table(
     Choice("full", "RVC's networks (fine-tunes the pretrained base files)"),
     Choice("tiny", "tiny networks for a quick trial (from scratch)"),
 )
+BUCKETINGS: dict[str, Choice] = _table(
+    Choice(
+        "rvc", "RVC's sampler: lengths estimated from the wav file size, (1, 9] s buckets, order by epoch"
+    ),
+    Choice("exact", "exact frame counts, every segment at least one window long, order by (seed, epoch)"),
+)
 SLICE_MODES: dict[str, Choice] = _table(
     Choice("auto", "RVC's silence slicer, then 3.7 s chunks"),
     Choice("fixed", "fixed 3.7 s chunks with 0.3 s overlap"),

@@ -25,6 +25,7 @@ __all__ = [
     "WHISPER_CONTENT_DIM",
     "SynthConfig",
     "Synthesizer",
+    "TrainingDraws",
 ]
 
 DEFAULT_NOISE_SCALE = 0.66666
@@ -41,6 +42,25 @@ FLOW_LAYERS = 3
 FLOW_COUNT = 4
 FLOW_CONTEXT_FRAMES = 24
 """Frames before a streaming window's head that the flow still sees (RVC's ``skip_head - 24``)."""
+
+
+@dataclass(frozen=True)
+class TrainingDraws:
+    """The random draws of one training forward, given instead of drawn (replaying a reference step).
+
+    Without them :meth:`Synthesizer.forward` draws, in this order, as RVC does: the posterior
+    noise, the window starts, the NSF initial phase (zero for the fundamental, so not needed
+    here) and the NSF noise.
+
+    Attributes:
+        posterior_noise: (B, inter, T) standard normal, the posterior sample's noise.
+        slice_uniform: (B,) float32 uniform [0, 1), one window start per row.
+        sine_noise: (B, segment_size * hop, 1) standard normal NSF noise (pitch models; None otherwise).
+    """
+
+    posterior_noise: Tensor
+    slice_uniform: Tensor
+    sine_noise: Tensor | None = None
 
 
 class Synthesizer(nn.Module):
@@ -310,17 +330,23 @@ class Synthesizer(nn.Module):
         return audio.float()
 
     def encode_posterior(
-        self, spec: Tensor, spec_lengths: Tensor, g: Tensor, generator: torch.Generator | None = None
+        self,
+        spec: Tensor,
+        spec_lengths: Tensor,
+        g: Tensor,
+        generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Posterior sample: spec (B, spec_channels, T), spec_lengths (B,) -> z, m_q, logs_q, y_mask.
 
-        Returns ``z, m_q, logs_q`` (B, inter, T) and ``y_mask`` (B, 1, T).
+        ``noise`` (B, inter, T) is the standard-normal sample noise (drawn when None). Returns
+        ``z, m_q, logs_q`` (B, inter, T) and ``y_mask`` (B, 1, T).
         """
         if self.enc_q is None:
             raise ValueError(
                 "this synthesizer was built without the posterior encoder (use_posterior_encoder=False)"
             )
-        return self.enc_q(spec, spec_lengths, g=g, generator=generator)
+        return self.enc_q(spec, spec_lengths, g=g, generator=generator, noise=noise)
 
     @torch.no_grad()
     def infer(
@@ -373,6 +399,7 @@ class Synthesizer(nn.Module):
         spec_lengths: Tensor,
         sid: Tensor,
         generator: torch.Generator | None = None,
+        draws: TrainingDraws | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]]:
         """Training pass on a random ``segment_size``-frame window (RVC's ``forward``).
 
@@ -382,6 +409,7 @@ class Synthesizer(nn.Module):
             spec: (B, spec_channels, T) float linear spectrogram; spec_lengths: (B,) int64.
             sid: (B,) int64 speaker ids.
             generator: RNG for the posterior noise, the window position and the NSF noise.
+            draws: those draws given instead (``generator`` is then unused).
 
         Returns:
             ``(audio (B, 1, segment_size*hop), ids_slice (B,) int64, x_mask (B, 1, T),
@@ -390,15 +418,24 @@ class Synthesizer(nn.Module):
         segment = self.config.segment_size
         g = self.speaker_embedding(sid)
         m_p, logs_p, x_mask = self.prior(phone, phone_lengths, pitch, g)
-        z, m_q, logs_q, y_mask = self.encode_posterior(spec, spec_lengths, g, generator=generator)
+        z, m_q, logs_q, y_mask = self.encode_posterior(
+            spec, spec_lengths, g, generator=generator, noise=None if draws is None else draws.posterior_noise
+        )
         z_p = self.flow(z, y_mask, g=g)
-        z_slice, ids_slice = rand_slice_segments(z, spec_lengths, segment, generator=generator)
+        z_slice, ids_slice = rand_slice_segments(
+            z,
+            spec_lengths,
+            segment,
+            generator=generator,
+            uniform=None if draws is None else draws.slice_uniform,
+        )
         pitchf_slice = None
         if self.config.use_f0:
             if pitchf is None:
                 raise ValueError("a pitch model needs pitchf (B, T) in Hz for training")
             pitchf_slice = slice_segments(pitchf, ids_slice, segment)
-        audio = self.dec(z_slice, pitchf_slice, g=g, generator=generator)
+        sine_noise = None if draws is None else draws.sine_noise
+        audio = self.dec(z_slice, pitchf_slice, g=g, sine_noise=sine_noise, generator=generator)
         return audio, ids_slice, x_mask, y_mask, (z, z_p, m_p, logs_p, m_q, logs_q)
 
     # ----------------------------------------------------------------- weight norm

@@ -21,13 +21,16 @@ from infer.errors import Cancelled
 from infer.models import build_synthesizer, load_voice_model
 from infer.nn.configs import ConfigError
 from infer.pitch import f0_to_coarse, get_pitch_extractor
-from infer.synthesizer import POSTERIOR_ENCODER_PREFIX
+from infer.synthesizer import POSTERIOR_ENCODER_PREFIX, TrainingDraws
 from tests.helpers import MANIFESTS_DIR, REPO_DIR, VOICES_DIR
 from train.features import list_training_examples
 from train.mel import SpectrogramConfig, linear_spectrogram, mel_basis, spec_to_mel
 from train.trainer import ResumeError
 from train.vits import (
+    RVC_BUCKET_BOUNDARIES_FRAMES,
     PretrainedError,
+    StepTrace,
+    VitsDataError,
     VitsTrainConfig,
     VitsTrainer,
     bucket_batches,
@@ -188,6 +191,33 @@ def test_bucket_batches_are_deterministic_per_epoch_and_sharded_by_rank() -> Non
     assert {i for batches in ranks for b in batches for i in b} == set(range(len(lengths)))
 
 
+def test_rvc_bucketing_is_rvcs_sampler_and_the_default() -> None:
+    """RVC's sampler: buckets (100, 900] of its length estimate, others left out, order by epoch."""
+    assert VitsTrainConfig().bucketing == "rvc" and VitsTrainConfig.tiny().bucketing == "exact"
+    lengths = [60, 100, 101, 150, 450, 900, 901, 2000]
+    rvc = dict(boundaries=RVC_BUCKET_BOUNDARIES_FRAMES, use_outside=False)
+    first = bucket_batches(lengths, 1, seed=None, epoch=1, **rvc)
+    assert sorted(i for b in first for i in b) == [2, 3, 4, 5]  # (100, 900] only
+    assert first == bucket_batches(lengths, 1, seed=None, epoch=1, **rvc)
+    # The order depends on the epoch alone: RVC seeds its generator with the epoch.
+    generator = torch.Generator().manual_seed(3)
+    buckets = [[2, 3], [4], [5]]  # (100, 200], (400, 500], (800, 900]
+    expected = [[b[i]] for b in buckets for i in torch.randperm(len(b), generator=generator).tolist()]
+    expected = [expected[i] for i in torch.randperm(len(expected), generator=generator).tolist()]
+    assert bucket_batches(lengths, 1, seed=None, epoch=3, **rvc) == expected
+
+
+def test_rvc_bucketing_in_the_trainer_uses_the_file_size_estimate(
+    one_clip: Path, two_clips: Path, tmp_path: Path
+) -> None:
+    kept = _trainer(two_clips, tmp_path / "two", VitsTrainConfig.tiny(bucketing="rvc"))
+    # 0.8 s float32 wavs at 16 kHz: (51200 + 44 header bytes) // (3 * 160) = 106 > 100.
+    assert kept.dataset.size_lengths == [106, 106]
+    assert sorted(i for b in kept._epoch_batches(1) for i in b) == [0, 1]
+    with pytest.raises(VitsDataError, match="RVC's sampler leaves out every segment"):
+        _trainer(one_clip, tmp_path / "one", VitsTrainConfig.tiny(bucketing="rvc"))  # 0.4 s: 53
+
+
 # --------------------------------------------------------------------------- training
 
 
@@ -345,6 +375,37 @@ def test_fit_vits_cancel_then_resume_exports_a_working_model(two_clips: Path, tm
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert all(np.isfinite(r["loss_disc"]) and np.isfinite(r["loss_fm"]) for r in rows)
+
+
+@pytest.mark.parametrize(("version", "use_f0"), [("v1", True), ("v2", False)], ids=["v1-f0", "v2-nof0"])
+def test_fed_draws_make_the_step_independent_of_the_rng(
+    version: str, use_f0: bool, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Pitch and no-pitch, v1 and v2: with the draws fed, the RNG state changes no number."""
+    content_dim = 256 if version == "v1" else 768
+    work = _make_work_dir(tmp_path_factory.mktemp(f"draws{version}"), ["004.flac"], content_dim=content_dim)
+    config = VitsTrainConfig.tiny(version=version, use_f0=use_f0)
+    runs = []
+    for seed in (1, 2):
+        torch.manual_seed(0)
+        trainer = _trainer(work, tmp_path / f"run{seed}", config)
+        batch = next(trainer.batches(1))
+        assert batch is not None and (batch.pitch is not None) == use_f0
+        generator = torch.Generator().manual_seed(5)
+        frames, segment = batch.spec.shape[-1], config.segment_samples
+        draws = TrainingDraws(
+            posterior_noise=torch.randn(1, trainer.synth_config.inter_channels, frames, generator=generator),
+            slice_uniform=torch.rand(1, generator=generator),
+            sine_noise=torch.randn(1, segment, 1, generator=generator) if use_f0 else None,
+        )
+        torch.manual_seed(seed)
+        trace = StepTrace()
+        runs.append((trainer.train_step(batch, draws=draws, trace=trace), trace))
+    (first, trace_a), (second, trace_b) = runs
+    assert first == second
+    assert torch.equal(trace_a.tensors["y_hat"], trace_b.tensors["y_hat"])
+    assert set(trace_a.losses["losses_gen"]) and len(trace_a.losses["losses_gen"]) == 2  # scale + period 2
+    assert set(trace_a.grads) == {"generator", "discriminator"}
 
 
 # --------------------------------------------------------------------------- exports

@@ -129,6 +129,7 @@ class PosteriorEncoder(nn.Module):
         spec_lengths: Tensor,
         g: Tensor | None = None,
         generator: torch.Generator | None = None,
+        noise: Tensor | None = None,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """Encode and sample.
 
@@ -137,6 +138,7 @@ class PosteriorEncoder(nn.Module):
             spec_lengths: (B,) int64 valid frames.
             g: (B, gin, 1) speaker condition.
             generator: optional RNG for the reparameterisation noise.
+            noise: (B, inter, T) standard-normal reparameterisation noise; drawn when None.
 
         Returns:
             ``z, m_q, logs_q`` (B, inter, T) and ``y_mask`` (B, 1, T).
@@ -146,6 +148,7 @@ class PosteriorEncoder(nn.Module):
         x = self.enc(x, y_mask, g=g)
         stats = self.proj(x) * y_mask
         m, logs = stats.split(self.out_channels, dim=1)
-        noise = torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device)
-        z = (m + noise * torch.exp(logs)) * y_mask
+        if noise is None:
+            noise = torch.randn(m.shape, generator=generator, dtype=m.dtype, device=m.device)
+        z = (m + noise.to(m.dtype) * torch.exp(logs)) * y_mask
         return z, m, logs, y_mask

@@ -165,11 +165,14 @@ class SineGenerator(nn.Module):
         steps = torch.arange(1, upp + 1, dtype=torch.float32, device=f0_hz.device)
         phase = start.unsqueeze(2) + increment.unsqueeze(2) * steps  # (B, T, upp)
         phase = phase.reshape(batch, frames * upp, 1)
-        if self.dim > 1:
-            harmonics = torch.arange(1, self.dim + 1, dtype=torch.float32, device=f0_hz.device)
+        if noise is None or self.dim > 1:
+            # Drawn even without harmonics (then it is all zero), as RVC does, so the noise drawn
+            # next comes from the same place in the random stream.
             initial = torch.rand(1, 1, self.dim, generator=generator, device=f0_hz.device)
             initial[..., 0] = 0.0
-            phase = phase * harmonics + initial
+            if self.dim > 1:
+                harmonics = torch.arange(1, self.dim + 1, dtype=torch.float32, device=f0_hz.device)
+                phase = phase * harmonics + initial
         sines = torch.sin(phase * (2 * math.pi)) * self.sine_amp
 
         uv = (f0_hz > self.voiced_threshold_hz).float().repeat_interleave(upp, dim=1).unsqueeze(2)

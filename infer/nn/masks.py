@@ -47,6 +47,7 @@ def rand_slice_segments(
     lengths: Tensor,
     segment_size: int,
     generator: torch.Generator | None = None,
+    uniform: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Pick a random window of ``segment_size`` frames inside each item's valid length.
 
@@ -55,12 +56,14 @@ def rand_slice_segments(
         lengths: (B,) int64 valid lengths (each >= ``segment_size`` for a window inside the data).
         segment_size: window length in frames.
         generator: optional RNG (on CPU) for reproducible windows.
+        uniform: (B,) float32 draws in [0, 1) to use instead of drawing them.
 
     Returns:
         ``(segments (B, C, segment_size), starts (B,) int64)``; a start is uniform in
-        ``[0, length - segment_size]`` (RVC's ``rand_slice_segments``).
+        ``[0, length - segment_size]``: ``trunc(u * (length - segment_size + 1))`` with one uniform
+        ``u`` per row, the product in float32 (RVC's ``rand_slice_segments``).
     """
     max_start = (lengths - segment_size + 1).clamp(min=1).to(torch.float32).cpu()
-    draws = torch.rand(lengths.shape[0], generator=generator)
-    starts = (draws * max_start).to(torch.long).to(x.device)
+    draws = torch.rand(lengths.shape[0], generator=generator) if uniform is None else uniform
+    starts = (draws.detach().float().cpu() * max_start).to(torch.long).to(x.device)
     return slice_segments(x, starts, segment_size), starts
