@@ -8,6 +8,8 @@ composes them. Module names and state_dict key order match RVC's ``SynthesizerTr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 
