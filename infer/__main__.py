@@ -1,4 +1,4 @@
-"""Command line: ``python -m infer convert|separate|cover|assets ...``."""
+"""Command line: ``python -m infer convert|separate|cover|stream|live|assets ...``."""
 
 from __future__ import annotations
 
@@ -45,9 +45,11 @@ _CONVERT_FLAGS = {
 }
 
 
-def add_convert_options(p: argparse.ArgumentParser) -> None:
+def add_convert_options(p: argparse.ArgumentParser, *, is_model_required: bool = True) -> None:
     """The conversion knobs and resources, shared by every command that converts."""
-    p.add_argument("--model", "-m", required=True, type=Path, help="voice model .pth (RVC or Timbre)")
+    p.add_argument(
+        "--model", "-m", required=is_model_required, type=Path, help="voice model .pth (RVC or Timbre)"
+    )
     p.add_argument("--index", "-i", type=Path, default=None, help="faiss index (added_*.index)")
     p.add_argument("--pitch-shift", type=float, default=0.0, help="semitones, +12 = one octave up")
     p.add_argument("--f0-method", choices=names(F0_METHODS), default=None, help=help_text(F0_METHODS))
@@ -171,6 +173,104 @@ def _run_cover(args: argparse.Namespace) -> int:
         for warning in result.warnings:
             log.warning("%s: %s", song.name, warning)
     return 0
+
+
+def _add_stream_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--block", type=float, default=0.25, help="seconds converted per step (0.02-1.5)")
+    p.add_argument("--context", type=float, default=1.0, help="seconds of past audio the encoders see")
+    p.add_argument("--crossfade", type=float, default=0.05, help="SOLA crossfade in seconds")
+    p.add_argument("--search", type=float, default=0.01, help="SOLA search window in seconds")
+    p.add_argument("--silence-gate", type=float, default=-60.0, help="dBFS under which a block is silence")
+
+
+def _add_stream_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "stream",
+        help="convert a file through the live engine, block by block",
+        description="Feed a file through the streaming engine in block-sized pieces and write the result.",
+    )
+    p.add_argument("input", type=Path, help="audio file")
+    p.add_argument("--output", "-o", required=True, type=Path, help="output audio file")
+    _add_stream_options(p)
+    add_convert_options(p)
+
+
+def _add_live_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "live",
+        help="convert the microphone live (local audio devices)",
+        description="Convert a local input device into the voice and play it on an output device.",
+    )
+    p.add_argument("--list-devices", action="store_true", help="list audio devices and exit")
+    p.add_argument("--input-device", type=int, default=None, help="input device index (default: system's)")
+    p.add_argument("--output-device", type=int, default=None, help="output device index")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
+    _add_stream_options(p)
+    add_convert_options(p, is_model_required=False)
+
+
+def stream_config_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~infer.stream.StreamConfig` the streaming flags ask for."""
+    from infer.stream import StreamConfig
+
+    return StreamConfig(
+        block_s=args.block,
+        context_s=args.context,
+        crossfade_s=args.crossfade,
+        search_s=args.search,
+        silence_gate_db=args.silence_gate,
+    )
+
+
+def _run_stream(args: argparse.Namespace) -> int:
+    from infer.audio import load_audio, save_audio
+    from infer.stream import StreamEngine, stream_array
+
+    config = stream_config_from_args(args)
+    params = params_from_args(args)
+    audio = load_audio(args.input, 16000)
+    engine = StreamEngine(converter_from_args(args), params, config)
+    bar, progress = tqdm_progress(args.input.name)
+    with bar:
+        out = stream_array(engine, audio, progress=progress)
+    save_audio(args.output, out, engine.sample_rate)
+    stats = engine.stats
+    log.info(
+        "%s -> %s: %d blocks of %.0f ms, compute p50 %.1f ms / p95 %.1f ms / p99 %.1f ms; "
+        "algorithmic latency %.0f ms",
+        args.input, args.output, stats.blocks, config.block_s * 1000, stats.percentile_ms(50),
+        stats.percentile_ms(95), stats.percentile_ms(99), config.algorithmic_latency_s * 1000,
+    )  # fmt: skip
+    from infer.stream import suggest_block_s
+
+    suggestion = suggest_block_s(stats, config)
+    if suggestion is not None:
+        log.warning(
+            "this machine needs %.0f ms (p95) per %.0f ms block, too slow for live use; try --block %.2f",
+            stats.percentile_ms(95), config.block_s * 1000, suggestion,
+        )  # fmt: skip
+    return 0
+
+
+def _run_live(args: argparse.Namespace) -> int:
+    from infer.live_devices import list_devices, probe_devices, run_live
+
+    if args.list_devices:
+        print(list_devices())
+        return 0
+    if args.model is None:
+        raise ValueError("name the voice model with --model (or list the devices with --list-devices)")
+    probe_devices((args.input_device, args.output_device))
+    config = stream_config_from_args(args)
+    params = params_from_args(args)
+    engine_converter = converter_from_args(args)
+    return run_live(
+        engine_converter,
+        params,
+        config,
+        devices=(args.input_device, args.output_device),
+        seconds=args.seconds,
+    )
 
 
 def _output_paths(files: list[Path], output: Path, fmt: str | None) -> list[Path]:
@@ -372,6 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_convert_parser(subparsers)
     _add_separate_parser(subparsers)
     _add_cover_parser(subparsers)
+    _add_stream_parser(subparsers)
+    _add_live_parser(subparsers)
     add_assets_parser(subparsers)
     return parser
 
@@ -389,7 +491,13 @@ def main(argv: list[str] | None = None) -> int:
     from infer.errors import TimbreError
 
     try:
-        commands = {"convert": _run_convert, "separate": _run_separate, "cover": _run_cover}
+        commands = {
+            "convert": _run_convert,
+            "separate": _run_separate,
+            "cover": _run_cover,
+            "stream": _run_stream,
+            "live": _run_live,
+        }
         if args.command in commands:
             return commands[args.command](args)
         return run_assets_command(args)

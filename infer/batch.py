@@ -54,9 +54,7 @@ def collect_inputs(inputs: Sequence[Path]) -> list[Path]:
     files: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(
-                p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
-            )
+            found = sorted(p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
             if not found:
                 raise AudioDecodeError(f"{item}: no audio files in this folder")
             files.extend(found)

@@ -8,7 +8,7 @@ Every ``block`` of 16 kHz input the engine converts one window::
 
 The F0 tracker runs only over the newest block plus a margin and its frames are shifted into a
 cached pitch track; the pitch shift is applied when the track is used, so it can change while
-streaming. Index blending and protect work as in offline conversion; a chosen diffusion sampler
+streaming. Index blending, protect and the RMS mix work as in offline conversion; a chosen diffusion sampler
 refines only the returned slice of the latent. Consecutive outputs are joined by SOLA: the
 offset (within ``search``) of the highest normalised cross-correlation with the previous
 block's tail, then complementary sin² fades over ``crossfade``.
@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from infer import dsp
 from infer.params import ConvertParams
 from infer.pipeline import (
     SAMPLE_RATE_16K,
@@ -159,6 +160,8 @@ class StreamEngine:
         self._fade_in = np.sin(0.5 * np.pi * np.linspace(0.0, 1.0, self._sola_tail.shape[0])) ** 2
         self._state: ChunkState = converter.start(params)
         self.params = params
+        self.last_target_f0_hz = np.zeros(0, dtype=np.float32)
+        """F0 (Hz, pitch shift applied) the synthesizer got for the last block's window (a readout)."""
 
     @property
     def block_samples_16k(self) -> int:
@@ -174,6 +177,11 @@ class StreamEngine:
     def sample_rate(self) -> int:
         """The output rate (the voice model's)."""
         return self.converter.sample_rate
+
+    @property
+    def pitch_track_hz(self) -> np.ndarray:
+        """The cached source F0 (buffer_frames, 100 fps, newest last; before the pitch shift), a copy."""
+        return self._f0_hz.copy()
 
     def update(self, params: ConvertParams) -> None:
         """Use ``params`` from the next block on (speaker and seed are fixed for a stream)."""
@@ -226,6 +234,8 @@ class StreamEngine:
         synth = voice.synthesizer
         use_f0 = voice.model.config.use_f0
         f0_target = shift_semitones(self._f0_hz, params.pitch_shift_semitones) if use_f0 else None
+        if f0_target is not None:
+            self.last_target_f0_hz = f0_target[-self.config.return_frames :].copy()
         pitchf = torch.from_numpy(f0_target).unsqueeze(0).to(voice.device) if f0_target is not None else None
         feats_up, p_len = content_frames(converter, self._input, pitchf, params)
         pitch = None
@@ -262,7 +272,11 @@ class StreamEngine:
                 sine_noise=sine_noise,
             )
         state.chunk_index += 1
-        return audio[0, 0].float().cpu().numpy()
+        out = audio[0, 0].float().cpu().numpy()
+        if params.rms_mix_rate != 1:
+            source = self._input[-self.config.return_frames * WINDOW_SAMPLES :]
+            out = dsp.rms_mix(source, SAMPLE_RATE_16K, out, self.sample_rate, params.rms_mix_rate)
+        return out
 
     def _join(self, infer_wav: np.ndarray) -> np.ndarray:
         """SOLA: best offset within the search window, sin² crossfade with the last tail, one block out."""
@@ -303,14 +317,18 @@ def stream_array(
 ) -> np.ndarray:
     """Feed ``audio_16k`` through ``engine`` block by block, as a live stream would hear it.
 
-    The input is followed by silence long enough to flush the engine's latency, and the
-    output is returned aligned with the input: ``algorithmic_latency_s`` removed from its front,
-    the input's duration at the model rate. Every block is processed (none dropped), so the
+    The input is followed by silence long enough to flush the engine, and the output is
+    returned aligned with the input (the in-window delay, crossfade + search, removed from its
+    front; a live listener hears it ``algorithmic_latency_s`` late), the input's duration at the
+    model rate. Every block is processed (none dropped), so the
     result is reproducible.
     """
     n = engine.block_samples_16k
     audio = np.asarray(audio_16k, dtype=np.float32)
-    latency_16k = engine.config.return_frames * WINDOW_SAMPLES
+    config = engine.config
+    # Output block k starts at input time (k + 1) * block - return: the array lags by return - block.
+    lag_frames = config.return_frames - config.block_frames
+    latency_16k = lag_frames * WINDOW_SAMPLES
     count = -(-(audio.shape[0] + latency_16k) // n)
     padded = np.zeros(count * n, dtype=np.float32)
     padded[: audio.shape[0]] = audio
@@ -322,7 +340,7 @@ def stream_array(
         )
         report(progress, (i + 1) / count, f"block {i + 1}/{count}")
     rate = engine.sample_rate
-    skip = engine.config.return_frames * rate // 100
+    skip = lag_frames * rate // 100
     length = audio.shape[0] * rate // SAMPLE_RATE_16K
     return out[skip : skip + length]
 

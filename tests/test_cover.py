@@ -10,35 +10,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
 
 from infer import dsp
 from infer.audio import BadAudioError
 from infer.cover import CoverError, CoverParams, make_cover, pitch_shift, remix
 from infer.pipeline import Converter, ConvertParams, Resources, load_voice
 from infer.separation import list_stem_cache
-from tests.fakes import hubert_config, tiny_synth_config, write_hubert_checkpoint, write_voice_model
 from tests.helpers import EDGE_DIR, REPO_DIR, VOICES_DIR
 
 MIXTURE = VOICES_DIR / "mixtures" / "mix_us2_drums.flac"
 STEREO_MIXTURE = VOICES_DIR / "mixtures" / "mix_en1_44k_stereo.flac"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("cover-kit")
-    pretrained = root / "pretrained"
-    write_hubert_checkpoint(pretrained / "hubert_base.pt", hubert_config("v2"))
-    model = write_voice_model(root / "voice.pth", tiny_synth_config("v2", 40000, use_f0=True))
-    return {"pretrained": pretrained, "model": model, "cache": root / "stems"}
+def kit(voice_kit: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return {**voice_kit, "cache": tmp_path_factory.mktemp("stems")}
 
 
 def _dominant_hz(x: np.ndarray, rate: int) -> float:

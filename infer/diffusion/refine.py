@@ -36,7 +36,6 @@ __all__ = ["RefineError", "RefineParams", "guided_eps", "refine"]
 log = logging.getLogger(__name__)
 
 
-
 class RefineError(TimbreError, ValueError):
     """The refine inputs do not fit each other (shapes, a missing start latent, steps out of range)."""
 
