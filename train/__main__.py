@@ -129,7 +129,7 @@ def _settings(args: argparse.Namespace, *, fresh: bool) -> Any:
 
 def _run_import(args: argparse.Namespace) -> int:
     from infer.catalog import resolve_models_dir
-    from train.export import import_model_files, import_model_zip
+    from infer.library import import_model_files, import_model_zip
 
     models_dir = resolve_models_dir(args.models_dir)
     if args.source.suffix.lower() == ".zip":

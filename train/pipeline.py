@@ -352,8 +352,9 @@ def stage_index(
     settings: TrainSettings, *, progress: ProgressFn | None, should_stop: StopFn | None
 ) -> StageResult:
     """RVC's IVF-Flat index over every content feature of the training set (held-out clips left out)."""
+    from infer.retrieval import index_file_name, index_ivf_count
     from train.features import feature_dir, load_training_features
-    from train.index import build_index, index_file_name, index_ivf_count, write_index
+    from train.index import build_index, write_index
 
     heldout = set(_heldout(settings))
     if heldout:
@@ -598,9 +599,9 @@ def stage_export(
 ) -> StageResult:
     """Install the model into ``models_dir/<name>/`` and write the shareable zip."""
     from infer.catalog import validate_model_name
+    from infer.library import build_model_metadata, export_model_zip
     from infer.models import load_voice_model
     from train.dataset import load_manifest
-    from train.export import build_model_metadata, export_model_zip
     from train.vits import DEFAULT_EXPORT_DIRNAME
 
     name = validate_model_name(settings.name)

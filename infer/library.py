@@ -1,4 +1,4 @@
-"""Share voice models as zip files: export one from the models folder, import the layouts people share.
+"""Model zips: export one from the models folder, import the layouts people share (no ``train/`` needed).
 
 An exported zip is flat::
 
@@ -164,14 +164,12 @@ def _read_metadata_file(path: Path) -> dict[str, Any]:
 
 def _index_name(index_path: Path, name: str, version: str, loaded_index: Any | None = None) -> str:
     """RVC's ``added_IVF<n>_Flat_nprobe_1_<name>_<version>.index`` for an index file."""
-    from train.index import index_file_name, index_ivf_count
+    from infer.retrieval import index_file_name, index_ivf_count, load_index
 
     if loaded_index is None:
         match = _IVF_RE.search(index_path.name)
         if match is not None:
             return index_file_name(int(match.group(1)), name, version)
-        from infer.retrieval import load_index
-
         loaded_index = load_index(index_path).index
     try:
         n_ivf = index_ivf_count(loaded_index)
