@@ -2,9 +2,9 @@
 
 The store is one SQLite file (WAL mode) that the web app and every worker open on their own,
 so all of them read one consistent state and a restarted app finds every job again. A job is
-run by ``python -m train.jobs run JOB_ID --db DB`` in a new session (closing the browser or
+run by ``python -m ui.jobs run JOB_ID --db DB`` in a new session (closing the browser or
 stopping the app does not stop it). The worker imports the job's *target*, a
-``"train.module:function"`` name, and calls::
+``"train.module:function"`` name (or this module's ``"ui.jobs:selftest_job"``), and calls::
 
     fn(params: dict, progress: ProgressFn, should_stop: StopFn,
        log: Callable[[str], None], metrics: Callable[[int, dict], None]) -> None
@@ -56,9 +56,9 @@ PROGRESS_WRITE_INTERVAL_S = 0.25
 STOP_CHECK_INTERVAL_S = 0.5
 QUEUED_GRACE_S = 60.0
 JOB_LOG_DIR_NAME = "job_logs"
-TARGET_PACKAGE = "train"
+TARGET_PACKAGES = ("train", "ui")
 _KIND_RE = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-_TARGET_RE = re.compile(r"^train(\.[A-Za-z_][A-Za-z0-9_]*)+:[A-Za-z][A-Za-z0-9_]*$")
+_TARGET_RE = re.compile(r"^(train|ui)(\.[A-Za-z_][A-Za-z0-9_]*)+:[A-Za-z][A-Za-z0-9_]*$")
 
 LogFn = Callable[[str], None]
 MetricsFn = Callable[[int, dict], None]
@@ -203,11 +203,11 @@ def _metric_values(values: dict[str, Any]) -> dict[str, float | None]:
 
 
 def check_target(target: str) -> str:
-    """Return ``target`` if it names a public function under the ``train`` package, else JobError."""
+    """Return ``target`` if it names a public function under ``train`` (or ``ui``), else JobError."""
     if not isinstance(target, str) or not _TARGET_RE.match(target):
         raise JobError(
             f"job target {target!r} is not allowed; it must look like 'train.module:function' "
-            f"and name a public function under the {TARGET_PACKAGE} package"
+            f"and name a public function under the {' or '.join(TARGET_PACKAGES)} package"
         )
     return target
 
@@ -643,7 +643,7 @@ def start_job(store: JobStore, job_id: int, *, target: str, python: str | None =
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
     db = str(store.db_path.absolute())
-    argv = [python or sys.executable, "-m", "train.jobs", "run", str(int(job_id)), "--db", db]
+    argv = [python or sys.executable, "-m", "ui.jobs", "run", str(int(job_id)), "--db", db]
     try:
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(
@@ -825,7 +825,7 @@ def selftest_job(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.jobs", description="Run a Timbre background job.")
+    parser = argparse.ArgumentParser(prog="python -m ui.jobs", description="Run a Timbre background job.")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run one queued job (started by the app)")
     run.add_argument("job_id", type=int)
@@ -840,7 +840,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the copy imported as ``train.jobs``, so targets in this module share its classes.
-    from train.jobs import main as _main
+    # Run the copy imported as ``ui.jobs``, so targets in this module share its classes.
+    from ui.jobs import main as _main
 
     sys.exit(_main())
