@@ -291,10 +291,7 @@ def import_model_zip(
         return _install(
             staging,
             root,
-            pth=pth,
-            index=index,
-            metadata_path=metadata_path if metadata_path.is_file() else None,
-            extras=extras,
+            _Staged(pth, index, metadata_path if metadata_path.is_file() else None, tuple(extras)),
             name=name,
             overwrite=overwrite,
             source=zip_path.name,
@@ -348,10 +345,7 @@ def import_model_files(
         return _install(
             staging,
             root,
-            pth=pth_copy,
-            index=index_copy,
-            metadata_path=None,
-            extras=[],
+            _Staged(pth_copy, index_copy, None, ()),
             name=name or pth.stem,
             overwrite=overwrite,
             source=pth.name,
@@ -434,19 +428,27 @@ def _check_free(root: Path, name: str, overwrite: bool) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Staged:
+    """The files of one upload, extracted or copied into the staging folder."""
+
+    pth: Path
+    index: Path | None
+    metadata_path: Path | None
+    extras: tuple[Path, ...]
+
+
 def _install(
     staging: Path,
     root: Path,
+    staged: _Staged,
     *,
-    pth: Path,
-    index: Path | None,
-    metadata_path: Path | None,
-    extras: Sequence[Path],
     name: str | None,
     overwrite: bool,
     source: str,
 ) -> str:
     """Validate the staged files and move them into ``root/<name>/``; returns the name."""
+    pth, index, metadata_path, extras = staged.pth, staged.index, staged.metadata_path, staged.extras
     from infer.fsutil import atomic_write_text
     from infer.models import load_voice_model
     from infer.retrieval import check_dim, load_index
