@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from infer.catalog import InvalidModelNameError
-from train import jobs
+from ui import jobs
 from ui.jobs import (
     JobConflictError,
     JobError,
