@@ -503,6 +503,14 @@ def test_convert_api_takes_the_form_fields_in_order(studio: tuple[Client, Path])
     assert train[7:] == list(TRAIN_FIELDS)
 
 
+def test_convert_api_by_keyword(studio: tuple[Client, Path]) -> None:
+    """The README's keyword call: the form's field names are the API's parameter names."""
+    client, _ = studio
+    with pytest.raises(AppError, match="no audio given"):
+        client.predict(model="alice", index=batch.INDEX_AUTO, audio=None, batch=[], f0_method="pm",
+                       sampler="off", device="cpu", api_name="/convert")  # fmt: skip
+
+
 def test_page_config_carries_the_css(studio: tuple[Client, Path]) -> None:
     client, _ = studio
     with urllib.request.urlopen(client.src.rstrip("/") + "/config", timeout=10) as response:
