@@ -640,7 +640,7 @@ def run_stage(
     log_line: LogCallback,
     metrics: MetricsCallback,
 ) -> dict[str, Any]:
-    """The studio's job-worker entry point (see :mod:`ui.jobs`): ``params['stage']`` is a stage or ``'run_all'``."""
+    """The studio's job-worker entry point (see :mod:`ui.jobs`): ``params['stage']`` names the stage(s)."""
     params = dict(params)
     stage = params.pop("stage", "run_all")
     params.pop("resume", None)
