@@ -1,4 +1,4 @@
-"""The studio: pure helpers (ui.forms, ui.views, ui.batch, ui.server), and the real app on 127.0.0.1 via gradio_client.
+"""The studio: pure helpers (ui.forms, ui.views, ui.batch, ui.server) and the real app via gradio_client.
 
 Only what needs no training is exercised here (listing, imports, error paths, jobs, assets);
 training, conversion and zip round trips through the running app are in test_app_e2e.py.
