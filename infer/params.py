@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
-from infer.diffusion.refine import RefineParams
-from infer.nn.configs import check_config_keys
+from infer.configs import check_config_keys
 from infer.options import F0_METHODS, SAMPLER_OFF, names
+from infer.refine_params import RefineParams
 
 __all__ = ["ConversionResult", "ConvertParams", "PaddingConfig", "convert_params_from_form"]
 

@@ -252,3 +252,28 @@ def search_and_blend(
     retrieved = retrieve(query, index, k=k).retrieved
     # Both factors are rounded to float32 first, as torch does with a Python scalar in RVC.
     return retrieved * np.float32(rate) + np.float32(1.0 - rate) * query
+
+
+INDEX_STAGES = ("added", "trained")
+"""RVC's index file kinds: the searchable ``added_`` index and the centroid-only ``trained_`` one."""
+
+
+def index_file_name(n_ivf: int, name: str, version: str, *, stage: str = "added") -> str:
+    """RVC's index file name, e.g. ``added_IVF30_Flat_nprobe_1_myvoice_v2.index``.
+
+    Args:
+        n_ivf: number of IVF lists.
+        name: experiment / voice name.
+        version: 'v1' (256-dim features) or 'v2' (768-dim).
+        stage: 'added' (the searchable index inference loads) or 'trained' (centroids only).
+    """
+    if stage not in INDEX_STAGES:
+        raise ValueError(f"stage must be one of {INDEX_STAGES}, not {stage!r}")
+    return f"{stage}_IVF{n_ivf}_Flat_nprobe_1_{name}_{version}.index"
+
+
+def index_ivf_count(index: Any) -> int:
+    """Number of IVF lists of an IVF index (to name its file)."""
+    import faiss
+
+    return int(faiss.extract_index_ivf(index).nlist)

@@ -1,4 +1,4 @@
-"""The studio: pure helpers (train.studio, app), and the real app on 127.0.0.1 via gradio_client.
+"""The studio: pure helpers (ui.forms, ui.views, ui.batch, ui.server) and the real app via gradio_client.
 
 Only what needs no training is exercised here (listing, imports, error paths, jobs, assets);
 training, conversion and zip round trips through the running app are in test_app_e2e.py.
@@ -6,6 +6,7 @@ training, conversion and zip round trips through the running app are in test_app
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import socket
@@ -15,22 +16,21 @@ import time
 import urllib.request
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
+import gradio as gr
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, AuthenticationError
 
-import app
-from infer.catalog import ModelEntry
 from infer.errors import AudioDecodeError, Cancelled, TimbreError
 from tests.fakes import tiny_synth_config, write_voice_model
-from train import studio as glue
-from train.jobs import Job
 from train.pipeline import TrainSettings
+from ui import batch, forms, server, views
+from ui import studio as ui_studio
+from ui.jobs import Job, JobStore
 
 # Gradio's queue uses pandas options that pandas 3 deprecates; not this project's code.
 pytestmark = [
@@ -81,92 +81,138 @@ def train_args(experiment: str, uploads: list, *, size: str = "tiny", **override
 # ---- pure helpers --------------------------------------------------------------------------
 
 
+CONVERT_PAGE = {
+    "pitch_shift_semitones": 2, "f0_method": "auto", "index_rate": 0.5, "filter_radius": 3.0,
+    "rms_mix_rate": 0.25, "protect": 0.33, "output_sample_rate": "model", "speaker_id": 0.0, "sampler": "off",
+    "steps": 4, "guidance_weight": 1.0, "refine_start": "noise", "refine_strength": 0.5,
+}  # fmt: skip
+
+
+def _page(**overrides: object) -> dict:
+    return {**CONVERT_PAGE, **overrides}
+
+
 def test_convert_params_mapping() -> None:
-    params = glue.convert_params_from_ui(
-        2, "auto", 0.5, 3, 0.25, 0.33, "model", 0, "off", 4, 1.0, "noise", 0.5
-    )
-    assert params == {
-        "pitch_shift_semitones": 2.0,
-        "f0_method": None,
-        "index_rate": 0.5,
-        "filter_radius": 3,
-        "rms_mix_rate": 0.25,
-        "protect": 0.33,
-        "output_sample_rate": 0,
-        "speaker_id": 0,
+    params = forms.convert_params_from_page({**_page(), "model": "alice", "device": "cpu", "audio": None})
+    assert (params.pitch_shift_semitones, params.f0_method, params.index_rate) == (2.0, None, 0.5)
+    assert (params.filter_radius, params.rms_mix_rate, params.protect) == (3, 0.25, 0.33)
+    assert isinstance(params.filter_radius, int) and isinstance(params.speaker_id, int)
+    assert (params.output_sample_rate, params.speaker_id, params.refine) == (0, 0, None)
+    params = forms.convert_params_from_page(
+        _page(f0_method="rmvpe", output_sample_rate="48000", speaker_id=1, sampler="ddim", steps=20.0,
+              guidance_weight=2.0, refine_start="noise", refine_strength=0.3)
+    )  # fmt: skip
+    assert (params.f0_method, params.output_sample_rate, params.speaker_id) == ("rmvpe", 48000, 1)
+    assert (params.sampler, params.refine.steps, params.refine.guidance_weight) == ("ddim", 20, 2.0)
+    assert (params.refine.start, params.refine.strength) == ("noise", 0.3)
+    with pytest.raises(forms.StudioError, match="lcm sampler takes 1 to 4 steps"):
+        forms.convert_params_from_page(_page(sampler="lcm", steps=8))
+    with pytest.raises(forms.StudioError, match=r"RefineParams\.start must be one of"):
+        forms.convert_params_from_page(_page(sampler="ddim", steps=8, refine_start="deep"))
+    with pytest.raises(forms.StudioError, match="unknown F0 method"):
+        forms.convert_params_from_page(_page(f0_method="yin"))
+    with pytest.raises(forms.StudioError, match="invalid conversion settings: ConvertParams: unknown keys"):
+        forms.convert_params_from_page(_page(diffusion_steps=4))
+
+
+def test_convert_defaults_come_from_the_params() -> None:
+    from infer.params import ConvertParams
+
+    params = forms.convert_params_from_page(forms.convert_defaults())
+    assert params == ConvertParams(refine=None)
+    assert forms.convert_defaults()["output_sample_rate"] in forms.output_rate_choices()
+
+
+def test_form_binds_values_by_name_and_keeps_gradio_injection() -> None:
+    from gradio.utils import get_positional_input_parameters
+
+    seen = {}
+
+    def handler(values, request: gr.Request, progress: gr.Progress = gr.Progress()) -> str:  # noqa: B008
+        seen.update(values=values, request=request, progress=progress)
+        return "ok"
+
+    form = forms.Form({"model": object(), "pitch_shift_semitones": object()})
+    bound = form.handler(handler)
+    assert list(inspect.signature(bound).parameters) == [
+        "model",
+        "pitch_shift_semitones",
+        "request",
+        "progress",
+    ]
+    # Gradio fills request and progress itself; the components fill the form's names, in order.
+    assert [p.name for p in get_positional_input_parameters(bound)] == list(form.names)
+    assert bound("alice", 3, "REQ", "PROG") == "ok"
+    assert seen == {
+        "values": {"model": "alice", "pitch_shift_semitones": 3},
+        "request": "REQ",
+        "progress": "PROG",
     }
-    params = glue.convert_params_from_ui(
-        0, "rmvpe", 0.5, 3, 0.25, 0.33, "48000", 1, "ddim", 20, 2.0, "noise", 0.3
-    )
-    assert (params["f0_method"], params["output_sample_rate"], params["speaker_id"]) == ("rmvpe", 48000, 1)
-    assert (params["sampler"], params["diffusion_steps"], params["guidance_weight"]) == ("ddim", 20, 2.0)
-    assert (params["refine_start"], params["refine_strength"]) == ("noise", 0.3)
-    with pytest.raises(glue.StudioError, match="LCM sampler takes 1 to 4 steps"):
-        glue.convert_params_from_ui(0, "rmvpe", 0.5, 3, 0.25, 0.33, "model", 0, "lcm", 8, 1.0, "shallow", 0.5)
-    with pytest.raises(glue.StudioError, match="refine start must be one of shallow, noise"):
-        glue.convert_params_from_ui(0, "rmvpe", 0.5, 3, 0.25, 0.33, "model", 0, "ddim", 8, 1.0, "deep", 0.5)
-    with pytest.raises(glue.StudioError, match="unknown F0 method"):
-        glue.convert_params_from_ui(0, "yin", 0.5, 3, 0.25, 0.33, "model", 0, "off", 4, 1.0, "shallow", 0.5)
+    with pytest.raises(TypeError, match="2 fields, got 1"):
+        form.values(["alice"])
+    assert form.subset("pitch_shift_semitones").names == ("pitch_shift_semitones",)
 
 
-def test_convert_params_are_accepted_by_the_library() -> None:
-    from infer.pipeline import ConvertParams
-
-    params = glue.convert_params_from_ui(-3, "pm", 0.6, 3, 0.2, 0.3, "44100", 0, "lcm", 2, 1.5, "noise", 0.8)
-    converted = ConvertParams.from_dict(params)
-    assert (converted.sampler, converted.diffusion_steps, converted.refine_start) == ("lcm", 2, "noise")
-    assert (converted.guidance_weight, converted.refine_strength) == (1.5, 0.8)
-    assert (converted.pitch_shift_semitones, converted.output_sample_rate) == (-3.0, 44100)
-
-
-def _form(**overrides: object) -> glue.TrainForm:
+def _form(**overrides: object) -> dict:
     values = {
-        "experiment": "ann", "sample_rate": 40000, "version": "v2", "use_f0": True, "size": "tiny",
-        "slice_mode": "auto", "use_normalization": True, "threshold_db": -42.0, "segment_s": 3.7,
-        "f0_method": "auto", "epochs": 3, "batch_size": 2, "save_every_epochs": 1, "max_steps": 8,
-        "use_pretrained": True, "use_diffusion": True, "use_distillation": True, "diffusion_epochs": 4,
-        "diffusion_max_steps": 6, "distill_epochs": 2, "distill_max_steps": 3, "workers": 1,
+        "experiment": "ann", "sample_rate": "40000", "version": "v2", "use_f0": True, "size": "tiny",
+        "uploads": None, "folder": "", "slice_mode": "auto", "use_normalization": True, "threshold_db": -42,
+        "segment_s": 3.7, "f0_method": "auto", "epochs": 3.0, "batch_size": 2, "save_every_epochs": 1,
+        "max_steps": 8, "use_pretrained": True, "use_diffusion": True, "use_distillation": True,
+        "diffusion_epochs": 4, "diffusion_max_steps": 6, "distill_epochs": 2, "distill_max_steps": 3,
+        "workers": 1,
     }  # fmt: skip
-    return glue.TrainForm(**{**values, **overrides})
+    return {**values, **overrides}
+
+
+def _settings(tmp_path: Path, **overrides: object) -> TrainSettings:
+    return forms.train_settings_from_page(
+        _form(**overrides), work_dir=tmp_path / "exp" / "ann", models_dir=tmp_path / "models",
+        pretrained_dir=tmp_path / "pre",
+    )  # fmt: skip
 
 
 def test_train_params_become_train_settings(tmp_path: Path) -> None:
     dataset = [tmp_path / "uploads" / "a.wav"]
-    params = glue.train_params_from_ui(
-        "run_all", _form(), dataset, work_dir=tmp_path / "exp" / "ann", models_dir=tmp_path / "models",
-        pretrained_dir=tmp_path / "pre",
-    )  # fmt: skip
-    assert (params["stage"], params["experiment"]) == ("run_all", "ann")
+    params = forms.train_job_params("run_all", forms.with_dataset(_settings(tmp_path), dataset))
+    assert (params["stage"], params["name"]) == ("run_all", "ann")
     # What train.pipeline.run_stage does with the job params:
-    values = {k: v for k, v in params.items() if k not in ("stage", "experiment")}
-    settings = TrainSettings.from_dict({**values, "name": params["experiment"]})
+    settings = TrainSettings.from_dict({k: v for k, v in params.items() if k != "stage"})
     assert settings.name == "ann" and settings.work_dir == tmp_path / "exp" / "ann"
     assert settings.dataset == (str(dataset[0]),) and settings.pretrained_dir == tmp_path / "pre"
     assert (settings.size, settings.max_steps, settings.f0_method, settings.workers) == ("tiny", 8, None, 1)
     assert settings.use_pretrained is False  # a tiny model has no pretrained base
     assert (settings.use_diffusion, settings.diffusion_max_steps, settings.distill_max_steps) == (True, 6, 3)
     assert settings.slice.segment_s == 3.7 and settings.slice.mode == "auto"
-    full = glue.train_params_from_ui(
-        "fit", _form(size="full", f0_method="rmvpe"), [], work_dir=tmp_path, models_dir=tmp_path,
-        pretrained_dir=tmp_path,
-    )  # fmt: skip
+    assert (settings.sample_rate, settings.epochs) == (40000, 3)
+    full = forms.train_job_params("fit", _settings(tmp_path, size="full", f0_method="rmvpe"))
     assert (full["use_pretrained"], full["f0_method"], full["dataset"]) == (True, "rmvpe", [])
-    with pytest.raises(glue.StudioError, match="unknown training stage"):
-        glue.train_params_from_ui("polish", _form(), [], work_dir=tmp_path, models_dir=tmp_path,
-                                  pretrained_dir=tmp_path)  # fmt: skip
+    with pytest.raises(forms.StudioError, match="unknown training stage"):
+        forms.train_job_params("polish", _settings(tmp_path))
 
 
-def test_train_form_rejects_bad_settings() -> None:
-    with pytest.raises(glue.StudioError, match="distillation needs the diffusion head"):
-        _form(use_diffusion=False)
-    with pytest.raises(glue.StudioError, match="model size"):
-        _form(size="huge")
-    with pytest.raises(glue.StudioError, match="step limits"):
-        _form(max_steps=-1)
-    with pytest.raises(glue.StudioError, match="processes must be 1 to 16"):
-        _form(workers=0)
+def test_train_defaults_are_the_settings_defaults(tmp_path: Path) -> None:
+    defaults = forms.train_defaults()
+    assert defaults["batch_size"] == 4 and defaults["epochs"] == 20 and defaults["f0_method"] == "auto"
+    page = {**defaults, "experiment": "ann", "uploads": None, "folder": ""}
+    settings = forms.train_settings_from_page(
+        page, work_dir=tmp_path, models_dir=tmp_path, pretrained_dir=tmp_path
+    )
+    plain = TrainSettings(name="ann", work_dir=tmp_path, models_dir=tmp_path, pretrained_dir=tmp_path)
+    assert settings == plain
+
+
+def test_train_form_rejects_bad_settings(tmp_path: Path) -> None:
+    with pytest.raises(TimbreError, match="distillation needs the diffusion head"):
+        _settings(tmp_path, use_diffusion=False)
+    with pytest.raises(TimbreError, match="model size"):
+        _settings(tmp_path, size="huge")
+    with pytest.raises(TimbreError, match="step limits"):
+        _settings(tmp_path, max_steps=-1)
+    with pytest.raises(TimbreError, match="processes must be 1 to 16"):
+        _settings(tmp_path, workers=0)
     with pytest.raises(TimbreError, match="slashes"):
-        _form(experiment="../x")
+        _settings(tmp_path, experiment="../x")
 
 
 def _job(**overrides: object) -> Job:
@@ -180,24 +226,24 @@ def _job(**overrides: object) -> Job:
 
 
 def test_job_status_and_table() -> None:
-    text = glue.job_status_markdown(_job())
+    text = views.job_status_markdown(_job())
     assert "**#7 ann** · run_all · **running**" in text
     assert "fit: epoch 1/2, step 3/8 · 45.0%" in text
     assert "`█████████░░░░░░░░░░░ 45%` · ETA 1 min 15 s" in text
-    text = glue.job_status_markdown(_job(state="interrupted", error="the worker process stopped"))
+    text = views.job_status_markdown(_job(state="interrupted", error="the worker process stopped"))
     assert "**interrupted**" in text and "the worker process stopped" in text and "Press **Resume**" in text
-    assert "Resume" not in glue.job_status_markdown(_job(state="done", fraction=1.0))
-    rows = glue.jobs_table([_job(), _job(id=6, state="done", fraction=1.0)], now=190.0)
+    assert "Resume" not in views.job_status_markdown(_job(state="done", fraction=1.0))
+    rows = views.jobs_table([_job(), _job(id=6, state="done", fraction=1.0)], now=190.0)
     assert rows[0] == [7, "ann", "run_all", "running", "45%", "1 min 15 s", "1 min 00 s ago"]
     assert rows[1][3:6] == ["done", "100%", ""]
-    assert glue.job_choices([_job()]) == [("#7 ann · run_all · running", 7)]
-    assert glue.progress_bar(0.0, cells=4) == "░░░░ 0%" and glue.progress_bar(1.0, cells=4) == "████ 100%"
+    assert views.job_choices([_job()]) == [("#7 ann · run_all · running", 7)]
+    assert views.progress_bar(0.0, cells=4) == "░░░░ 0%" and views.progress_bar(1.0, cells=4) == "████ 100%"
 
 
 def test_pretrained_status_says_what_is_missing(tmp_path: Path) -> None:
     from infer.content.whisper import has_whisper_package
 
-    text = glue.pretrained_status_markdown(tmp_path, "40000", "v2", True, "full", True, "rmvpe")
+    text = views.pretrained_status_markdown(tmp_path, "40000", "v2", True, "full", True, "rmvpe")
     assert (
         "`hubert_base.pt`: **missing** · download with `python -m infer assets download hubert_base.pt`"
         in (text)
@@ -206,7 +252,7 @@ def test_pretrained_status_says_what_is_missing(tmp_path: Path) -> None:
     assert "`rmvpe.pt`: **missing**" in text and "`pretrained_v2/f0G40k.pth`: **missing**" in text
     assert ("whisper-tiny-en" in text) == has_whisper_package()
     (tmp_path / "hubert_base.pt").write_bytes(b"x" * 1000)
-    text = glue.pretrained_status_markdown(tmp_path, "40000", "v2", True, "tiny", True, "auto")
+    text = views.pretrained_status_markdown(tmp_path, "40000", "v2", True, "tiny", True, "auto")
     assert "`hubert_base.pt`: **bad_size** (1.0 kB on disk, 189.5 MB expected)" in text
     assert "F0 'auto' uses fcpe" in text and "tiny model: trains from scratch" in text
     assert "pretrained_v2" not in text and "whisper" not in text
@@ -215,65 +261,65 @@ def test_pretrained_status_says_what_is_missing(tmp_path: Path) -> None:
 def test_check_audio_inputs(tmp_path: Path) -> None:
     (tmp_path / "a.wav").write_bytes(b"RIFF")
     (tmp_path / "empty.wav").write_bytes(b"")
-    assert glue.check_audio_inputs([None, str(tmp_path / "a.wav")]) == [tmp_path / "a.wav"]
+    assert forms.check_audio_inputs([None, str(tmp_path / "a.wav")]) == [tmp_path / "a.wav"]
     with pytest.raises(AudioDecodeError, match="no audio given"):
-        glue.check_audio_inputs([None])
+        forms.check_audio_inputs([None])
     with pytest.raises(AudioDecodeError, match=r"empty\.wav is empty \(0 bytes\)"):
-        glue.check_audio_inputs([str(tmp_path / "a.wav"), str(tmp_path / "empty.wav")])
+        forms.check_audio_inputs([str(tmp_path / "a.wav"), str(tmp_path / "empty.wav")])
 
 
 def test_f0_plot_frame_drops_unvoiced_and_thins() -> None:
     src = np.array([0.0, 100.0, 110.0, 0.0, 120.0])
-    frame = app.f0_plot_frame(src, src * 2)
+    frame = views.f0_plot_frame(src, src * 2)
     assert list(frame.columns) == ["time_s", "f0_hz", "series"]
     inputs = frame[frame.series == "input"]
     assert inputs.time_s.tolist() == [0.01, 0.02, 0.04] and inputs.f0_hz.tolist() == [100, 110, 120]
     assert frame[frame.series == "output"].f0_hz.tolist() == [200, 220, 240]
-    long = app.f0_plot_frame(np.full(10_000, 150.0), None, max_points=1000)
+    long = views.f0_plot_frame(np.full(10_000, 150.0), None, max_points=1000)
     assert len(long) == 1000 and long.time_s.iloc[1] == pytest.approx(0.1)
-    assert len(app.f0_plot_frame(None, None)) == 0
+    assert len(views.f0_plot_frame(None, None)) == 0
 
 
 def test_metrics_frame_and_formatting() -> None:
     rows = [(step, {"loss_mel": 10.0 - step, "loss_kl": None, "lr": 1e-4}) for step in range(10)]
-    frame = app.metrics_frame(rows, max_points=4)
+    frame = views.metrics_frame(rows, max_points=4)
     assert frame.step.tolist() == [0, 3, 6, 9] and set(frame.metric) == {"loss_mel"}
     assert frame.value.tolist() == [10.0, 7.0, 4.0, 1.0]
-    assert glue.format_eta(None) == "estimating..."
-    assert glue.format_eta(42.4) == "42 s"
-    assert glue.format_eta(125) == "2 min 05 s"
-    assert glue.format_eta(7260) == "2 h 01 min"
-    assert glue.format_bytes(999) == "999 B"
-    assert glue.format_bytes(12_345_678) == "12.3 MB"
+    assert views.format_eta(None) == "estimating..."
+    assert views.format_eta(42.4) == "42 s"
+    assert views.format_eta(125) == "2 min 05 s"
+    assert views.format_eta(7260) == "2 h 01 min"
+    assert views.format_bytes(999) == "999 B"
+    assert views.format_bytes(12_345_678) == "12.3 MB"
 
 
 def test_auth_parsing(tmp_path: Path) -> None:
-    assert app.parse_auth("ann:se:cret") == ("ann", "se:cret")
+    assert server.parse_auth("ann:se:cret") == ("ann", "se:cret")
     with pytest.raises(ValueError, match="user:password"):
-        app.parse_auth("ann")
+        server.parse_auth("ann")
     with pytest.raises(ValueError, match="user:password"):
-        app.parse_auth(":pw")
+        server.parse_auth(":pw")
     auth_file = tmp_path / "users.txt"
     auth_file.write_text("# studio users\nann:one\n\nbob:two\n")
-    assert app.read_auth_file(auth_file) == [("ann", "one"), ("bob", "two")]
+    assert server.read_auth_file(auth_file) == [("ann", "one"), ("bob", "two")]
     auth_file.write_text("ann:one\nbroken\n")
     with pytest.raises(ValueError, match="line 2"):
-        app.read_auth_file(auth_file)
+        server.read_auth_file(auth_file)
 
 
 def test_loopback_and_exposure_warning(caplog: pytest.LogCaptureFixture) -> None:
-    assert app.is_loopback("127.0.0.1") and app.is_loopback("localhost") and app.is_loopback("::1")
-    assert not app.is_loopback("0.0.0.0") and not app.is_loopback("192.168.1.4")
+    assert server.is_loopback("127.0.0.1") and server.is_loopback("localhost") and server.is_loopback("::1")
+    assert not server.is_loopback("0.0.0.0") and not server.is_loopback("192.168.1.4")
     with caplog.at_level(logging.WARNING):
-        assert app.warn_if_exposed("0.0.0.0", None) is True
-        assert app.warn_if_exposed("0.0.0.0", [("a", "b")]) is False
-        assert app.warn_if_exposed("127.0.0.1", None) is False
+        assert server.warn_if_exposed("0.0.0.0", None) is True
+        assert server.warn_if_exposed("0.0.0.0", [("a", "b")]) is False
+        assert server.warn_if_exposed("127.0.0.1", None) is False
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "without --auth" in warnings[0].getMessage()
 
 
 def test_command_line_arguments(tmp_path: Path) -> None:
-    args = app.build_parser().parse_args([])
+    args = server.build_parser().parse_args([])
     assert (args.host, args.port, args.auth, args.auth_file, args.models_dir) == (
         "127.0.0.1",
         7860,
@@ -281,12 +327,12 @@ def test_command_line_arguments(tmp_path: Path) -> None:
         None,
         None,
     )
-    args = app.build_parser().parse_args(
+    args = server.build_parser().parse_args(
         ["--host", "0.0.0.0", "--port", "9000", "--auth", "a:b", "--models-dir", "m"]
     )
     assert (args.host, args.port, args.auth, args.models_dir) == ("0.0.0.0", 9000, "a:b", "m")
     with pytest.raises(SystemExit):
-        app.build_parser().parse_args(["--auth", "a:b", "--auth-file", str(tmp_path / "f")])
+        server.build_parser().parse_args(["--auth", "a:b", "--auth-file", str(tmp_path / "f")])
 
 
 def test_stage_dataset_uploads(tmp_path: Path) -> None:
@@ -296,47 +342,23 @@ def test_stage_dataset_uploads(tmp_path: Path) -> None:
     with zipfile.ZipFile(archive, "w") as zf:
         zf.writestr("voice/a.wav", b"RIFFa")
         zf.writestr("voice/notes.txt", b"skip me")
-    staged = glue.stage_dataset_uploads([str(clip), str(archive)], tmp_path / "uploads")
+    staged = forms.stage_dataset_uploads([str(clip), str(archive)], tmp_path / "uploads")
     assert staged[0].name == "000_clip_one.wav" and staged[0].read_bytes() == b"RIFF0000"
     assert staged[1].is_dir() and (staged[1] / "voice" / "a.wav").read_bytes() == b"RIFFa"
     assert not (staged[1] / "voice" / "notes.txt").exists()
 
     empty = tmp_path / "empty.wav"
     empty.write_bytes(b"")
-    with pytest.raises(glue.StudioError, match=r"empty\.wav is empty"):
-        glue.stage_dataset_uploads([str(empty)], tmp_path / "uploads2")
+    with pytest.raises(forms.StudioError, match=r"empty\.wav is empty"):
+        forms.stage_dataset_uploads([str(empty)], tmp_path / "uploads2")
     assert not (tmp_path / "uploads2").exists()
 
 
-class _FakePipeline:
-    """Stands in for infer.pipeline so the batch adapter can be checked without voice models."""
+class _FakeConverter:
+    """Stands in for infer.pipeline.Converter so the page's batch adapter is checked without models."""
 
-    class ConvertParams:
-        @classmethod
-        def from_dict(cls, values: dict) -> dict:
-            if "sampler" in values:
-                raise ValueError(f"unknown conversion parameter(s): {['sampler']}")
-            return values
-
-    @dataclass(frozen=True)
-    class Resources:
-        pretrained_dir: Path
-        device: str
-        precision: str = "auto"
-
-    @staticmethod
-    def load_voice(model_path: Path, index_path: Path | None, *, device: str) -> str:
-        return f"voice:{Path(model_path).name}"
-
-    @staticmethod
     def convert(
-        audio: np.ndarray,
-        voice: str,
-        params: dict,
-        *,
-        resources: object,
-        progress: Callable,
-        should_stop: Callable | None,
+        self, audio: np.ndarray, params: object, *, progress: Callable, should_stop: Callable | None
     ) -> SimpleNamespace:
         for fraction in (0.0, 0.5, 1.0):
             if should_stop is not None and should_stop():
@@ -350,29 +372,25 @@ class _FakePipeline:
             f0_target_hz=f0 * 2,
             timings_s={"total": 0.1},
             warnings=[],
-            precision="fp32" if resources.precision == "auto" else resources.precision,
+            precision="fp32",
         )
 
 
-@pytest.fixture
-def fake_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "infer.pipeline", _FakePipeline)
-
-
-def test_convert_files_batch_adapter(tmp_path: Path, fake_pipeline: None) -> None:
+def test_convert_files_batch_adapter(tmp_path: Path) -> None:
     import soundfile as sf
+
+    from infer.params import ConvertParams
 
     good = tmp_path / "good take.wav"
     sf.write(good, (0.1 * np.sin(np.arange(16000) / 10)).astype(np.float32), 16000)
     broken = tmp_path / "broken.wav"
     broken.write_bytes(bytes(range(256)) * 4)
-    entry = ModelEntry("alice", tmp_path, tmp_path / "alice.pth", None)
     seen: list[tuple[float, str]] = []
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    outcome = app.convert_files(
-        [good, broken], entry, {"pitch_shift_semitones": 0.0}, index_path=None, out_dir=out_dir,
-        pretrained_dir=tmp_path, device="cpu", progress=lambda f, s: seen.append((f, s)),
+    outcome = batch.convert_to_folder(
+        _FakeConverter(), "alice", [good, broken], ConvertParams(), out_dir,
+        progress=lambda f, s: seen.append((f, s)),
     )  # fmt: skip
     assert [p.name for p in outcome.outputs] == ["good_take_alice.wav"]
     data, rate = sf.read(outcome.outputs[0])
@@ -386,34 +404,32 @@ def test_convert_files_batch_adapter(tmp_path: Path, fake_pipeline: None) -> Non
     assert "Converted 1 of 2 file(s) with **alice** (fp32)" in outcome.summary
     assert "broken.wav" in outcome.summary
     assert len(outcome.f0_source_hz) == 100
+    names = batch.output_paths([good, tmp_path / "sub" / "good take.flac"], "alice", out_dir)
+    assert [p.name for p in names] == ["good_take_alice.wav", "good_take_alice_2.wav"]
 
     with pytest.raises(Cancelled):
-        app.convert_files(
-            [good], entry, {}, index_path=None, out_dir=out_dir, pretrained_dir=tmp_path, device="cpu",
-            should_stop=lambda: True,
-        )  # fmt: skip
-    with pytest.raises(app.StudioError, match="invalid conversion settings: unknown conversion parameter"):
-        app.convert_files(
-            [good], entry, {"sampler": "ddim"}, index_path=None, out_dir=out_dir, pretrained_dir=tmp_path,
-            device="cpu",
-        )  # fmt: skip
+        batch.convert_to_folder(
+            _FakeConverter(), "alice", [good], ConvertParams(), out_dir, should_stop=lambda: True
+        )
+    with pytest.raises(AudioDecodeError, match=r"cannot decode broken\.wav"):
+        batch.convert_to_folder(_FakeConverter(), "alice", [broken], ConvertParams(), out_dir)
 
 
 def test_restarted_app_marks_lost_jobs_interrupted(tmp_path: Path) -> None:
-    store = app.JobStore(tmp_path / "data" / app.JOBS_DB_NAME)
+    store = JobStore(tmp_path / "data" / ui_studio.JOBS_DB_NAME)
     job_id = store.create_job("gina", "fit", {})
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     store.mark_running(job_id, gone.pid, None)
-    app.build_app(tmp_path / "models", tmp_path / "data", tmp_path / "pretrained")
+    server.build_app(tmp_path / "models", tmp_path / "data", tmp_path / "pretrained")
     job = store.get_job(job_id)
     assert job.state == "interrupted" and job.is_resumable
 
 
 def test_import_and_build_load_no_model_code(tmp_path: Path) -> None:
     code = (
-        "import sys; from pathlib import Path; import app; "
-        f"root = Path({str(tmp_path)!r}); app.build_app(root / 'm', root / 'd', root / 'p'); "
+        "import sys; from pathlib import Path; import app; from ui import server; "
+        f"root = Path({str(tmp_path)!r}); server.build_app(root / 'm', root / 'd', root / 'p'); "
         "print(sorted(m for m in ('torch', 'infer.pipeline', 'infer.models') if m in sys.modules))"
     )
     result = subprocess.run(
@@ -441,9 +457,9 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, P
         json.dumps({"sample_rate": 40000, "version": "v2", "use_f0": True, "epochs": 12})
     )
     (models / "bob.pth").write_bytes(b"\x00" * 20)
-    demo = app.build_app(models, root / "data", root / "pretrained")
+    demo = server.build_app(models, root / "data", root / "pretrained")
     port = _free_port()
-    app.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    server.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
     try:
         yield Client(f"http://127.0.0.1:{port}/", verbose=False), root
     finally:
@@ -452,7 +468,7 @@ def studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Client, P
 
 def _convert(client: Client, model: str, audio: Path | None) -> tuple:
     single = handle_file(str(audio)) if audio is not None else None
-    return client.predict(model, app.INDEX_AUTO, single, [], *CONVERT_DEFAULTS, api_name="/convert")
+    return client.predict(model, batch.INDEX_AUTO, single, [], *CONVERT_DEFAULTS, api_name="/convert")
 
 
 def _train(client: Client, api_name: str, experiment: str, uploads: list[Path], **fields: object) -> tuple:
@@ -477,6 +493,24 @@ def test_api_names_exposed(studio: tuple[Client, Path]) -> None:
     assert names == EXPECTED_API_NAMES
 
 
+def test_convert_api_takes_the_form_fields_in_order(studio: tuple[Client, Path]) -> None:
+    client, _ = studio
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    convert = [p["parameter_name"] for p in endpoints["/convert"]["parameters"]]
+    assert convert == ["model", "index", "audio", "batch", *CONVERT_PAGE, "device", "precision"]
+    train = [p["parameter_name"] for p in endpoints["/train_fit"]["parameters"]]
+    assert train[:7] == ["experiment", "sample_rate", "version", "use_f0", "size", "uploads", "folder"]
+    assert train[7:] == list(TRAIN_FIELDS)
+
+
+def test_convert_api_by_keyword(studio: tuple[Client, Path]) -> None:
+    """The README's keyword call: the form's field names are the API's parameter names."""
+    client, _ = studio
+    with pytest.raises(AppError, match="no audio given"):
+        client.predict(model="alice", index=batch.INDEX_AUTO, audio=None, batch=[], f0_method="pm",
+                       sampler="off", device="cpu", api_name="/convert")  # fmt: skip
+
+
 def test_page_config_carries_the_css(studio: tuple[Client, Path]) -> None:
     client, _ = studio
     with urllib.request.urlopen(client.src.rstrip("/") + "/config", timeout=10) as response:
@@ -486,9 +520,11 @@ def test_page_config_carries_the_css(studio: tuple[Client, Path]) -> None:
 
 
 def test_auth_is_required(tmp_path: Path) -> None:
-    demo = app.build_app(tmp_path / "models", tmp_path / "data", tmp_path / "pretrained")
+    demo = server.build_app(tmp_path / "models", tmp_path / "data", tmp_path / "pretrained")
     port = _free_port()
-    app.launch(demo, host="127.0.0.1", port=port, auth=[("ann", "pw")], prevent_thread_lock=True, quiet=True)
+    server.launch(
+        demo, host="127.0.0.1", port=port, auth=[("ann", "pw")], prevent_thread_lock=True, quiet=True
+    )
     try:
         url = f"http://127.0.0.1:{port}/"
         with pytest.raises(AuthenticationError):
@@ -502,7 +538,7 @@ def test_auth_is_required(tmp_path: Path) -> None:
 def test_list_models_and_info(studio: tuple[Client, Path]) -> None:
     client, _ = studio
     table = client.predict(api_name="/list_models")
-    assert table["headers"] == app.MODEL_TABLE_HEADERS
+    assert table["headers"] == views.MODEL_TABLE_HEADERS
     rows = {row[0]: row for row in table["data"]}
     assert rows["alice"][1:5] == ["40 kHz", "v2", "yes", "12"]
     assert rows["bob"][1] == "?" and rows["bob"][5] == "20 B"
@@ -610,13 +646,13 @@ def test_train_upload_with_traversal_zip_is_refused(studio: tuple[Client, Path])
 def test_train_button_runs_a_worker_job(studio: tuple[Client, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     client, root = studio
     # Stand-in for the training code (not part of this module): a target that rejects the params.
-    monkeypatch.setitem(app.TRAIN_TARGETS, "fit", "train.jobs:selftest_job")
+    monkeypatch.setitem(ui_studio.TRAIN_TARGETS, "fit", "ui.jobs:selftest_job")
     picked, status, *_ = _train(client, "/train_fit", "frank", [])
     job_id = int(picked["value"])
     assert f"#{job_id} frank" in status
     status = _wait_job_state(client, job_id, {"failed", "done"})
     assert "**failed**" in status and "unknown selftest parameter" in status
-    params = app.JobStore(root / "data" / app.JOBS_DB_NAME).get_job(job_id).params
+    params = JobStore(root / "data" / ui_studio.JOBS_DB_NAME).get_job(job_id).params
     assert params["stage"] == "fit" and params["epochs"] == 2 and params["slice"]["mode"] == "auto"
     assert (params["size"], params["max_steps"], params["f0_method"], params["workers"]) == (
         "tiny",

@@ -32,7 +32,7 @@ from gradio_client.exceptions import AppError
 from tests.fakes import hubert_config, tiny_synth_config, write_hubert_checkpoint, write_voice_model
 from tests.helpers import REPO_DIR, VOICES_DIR
 from tests.test_app import train_args
-from train.jobs import JobStore, is_process_alive
+from ui.jobs import JobStore, is_process_alive
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:'future.no_silent_downcasting' is deprecated"),

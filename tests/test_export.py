@@ -15,16 +15,16 @@ import torch
 
 from infer.catalog import InvalidModelNameError, ModelExistsError, list_models
 from infer.errors import ModelLoadError, UnsafeFileError
-from infer.models import load_voice_model
-from infer.retrieval import load_index
-from tests.helpers import PIPELINE_GOLDEN_DIR, SYNTH_GOLDEN_DIR
-from train.export import (
+from infer.library import (
     ImportLimits,
     ModelImportError,
     export_model_zip,
     import_model_files,
     import_model_zip,
 )
+from infer.models import load_voice_model
+from infer.retrieval import load_index
+from tests.helpers import PIPELINE_GOLDEN_DIR, SYNTH_GOLDEN_DIR
 
 V1_PTH = SYNTH_GOLDEN_DIR / "tiny_v1_nof0_48k.pth"
 V2_PTH = SYNTH_GOLDEN_DIR / "tiny_v2_f0_40k.pth"

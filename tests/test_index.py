@@ -11,12 +11,11 @@ import numpy as np
 import pytest
 
 from infer.errors import Cancelled
+from infer.retrieval import index_file_name, index_ivf_count
 from tests.helpers import PIPELINE_GOLDEN_DIR
 from train.index import (
     IndexBuildError,
     build_index,
-    index_file_name,
-    index_ivf_count,
     ivf_list_count,
     reduce_rows,
     write_index,

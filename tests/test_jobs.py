@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from infer.catalog import InvalidModelNameError
-from train import jobs
-from train.jobs import (
+from ui import jobs
+from ui.jobs import (
     JobConflictError,
     JobError,
     JobNotFoundError,
@@ -28,7 +28,7 @@ from train.jobs import (
     start_job,
 )
 
-SELFTEST = "train.jobs:selftest_job"
+SELFTEST = "ui.jobs:selftest_job"
 
 
 @pytest.fixture
@@ -201,7 +201,7 @@ def test_worker_reports_failures(store: JobStore) -> None:
 
 
 @pytest.mark.parametrize(
-    "target", ["os:system", "train.jobs:_run_target", "trainer.x:y", "train.jobs", "train:f", "train..x:f"]
+    "target", ["os:system", "ui.jobs:_run_target", "trainer.x:y", "ui.jobs", "train:f", "train..x:f"]
 )
 def test_targets_outside_train_are_refused(target: str) -> None:
     with pytest.raises(JobError, match="not allowed"):
@@ -225,7 +225,7 @@ def test_process_liveness() -> None:
 def test_subprocess_worker_runs_to_done(store: JobStore) -> None:
     job_id = store.create_job("alice", "selftest", {"steps": 8, "step_s": 0.02})
     proc = start_job(store, job_id, target=SELFTEST)
-    assert proc.args[:4] == [sys.executable, "-m", "train.jobs", "run"]
+    assert proc.args[:4] == [sys.executable, "-m", "ui.jobs", "run"]
     assert _finish_proc(proc) == 0
     job = store.get_job(job_id)
     assert (job.state, job.fraction, job.pid, job.target) == ("done", 1.0, proc.pid, SELFTEST)

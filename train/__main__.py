@@ -11,12 +11,31 @@ import json
 import logging
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from infer.options import (
+    CONTENT_ENCODERS,
+    DEVICES,
+    F0_METHODS,
+    MODEL_SIZES,
+    MODEL_VERSIONS,
+    SLICE_MODES,
+    TRAIN_STAGES,
+    help_text,
+    names,
+)
+from train.settings import TRAIN_SAMPLE_RATES_HZ, TrainSettings
+
 log = logging.getLogger("train")
 
-STAGE_COMMANDS = ("prepare", "extract", "fit", "index", "diffusion", "distill", "export")
+REPORT_COMMAND = "report"
+
+
+def _stage_commands() -> tuple[str, ...]:
+    """The single-stage commands: every stage of the table but the report (its own command)."""
+    return tuple(stage for stage in names(TRAIN_STAGES) if stage != REPORT_COMMAND)
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -28,34 +47,42 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_settings(p: argparse.ArgumentParser, *, defaults: bool) -> None:
-    """Training settings; for single stages they default to the experiment's saved settings."""
-    d = (lambda value: value) if defaults else (lambda value: None)
+    """Training settings (defaults from :class:`TrainSettings`); single stages default to the saved ones."""
+    base = {f.name: f.default for f in fields(TrainSettings)}
+
+    def d(key: str) -> Any:
+        return base[key] if defaults else None
+
     p.add_argument("--dataset", nargs="+", default=None, help="audio files, folders or zips")
-    p.add_argument("--sample-rate", type=int, choices=(16000, 32000, 40000, 48000), default=d(40000))
-    p.add_argument("--version", choices=("v1", "v2"), default=d("v2"))
+    p.add_argument("--sample-rate", type=int, choices=TRAIN_SAMPLE_RATES_HZ, default=d("sample_rate"))
+    p.add_argument(
+        "--version", choices=names(MODEL_VERSIONS), default=d("version"), help=help_text(MODEL_VERSIONS)
+    )
     p.add_argument("--no-f0", dest="use_f0", action="store_false", default=None, help="train without pitch")
-    p.add_argument("--f0-method", default=None, help="pm, harvest, crepe, crepe-tiny, fcpe, rmvpe")
+    p.add_argument("--f0-method", choices=names(F0_METHODS), default=None, help=help_text(F0_METHODS))
     p.add_argument(
         "--content-encoder",
-        default=d("hubert_base"),
-        help="hubert_base, a checkpoint path, or whisper-tiny-en (offline, English-centred, weaker)",
+        default=d("content_encoder"),
+        help=f"a checkpoint path, or {help_text(CONTENT_ENCODERS)}",
     )
-    p.add_argument("--slicing", choices=("auto", "fixed", "off"), default=None)
+    p.add_argument("--slicing", choices=names(SLICE_MODES), default=None, help=help_text(SLICE_MODES))
     p.add_argument("--no-normalize", dest="use_normalization", action="store_false", default=None)
-    p.add_argument("--epochs", type=int, default=d(20))
-    p.add_argument("--batch-size", type=int, default=d(4))
-    p.add_argument("--save-every", dest="save_every_epochs", type=int, default=d(5))
-    p.add_argument("--max-steps", type=int, default=d(0), help="stop after this many steps (0 = no limit)")
+    p.add_argument("--epochs", type=int, default=d("epochs"))
+    p.add_argument("--batch-size", type=int, default=d("batch_size"))
+    p.add_argument("--save-every", dest="save_every_epochs", type=int, default=d("save_every_epochs"))
+    p.add_argument(
+        "--max-steps", type=int, default=d("max_steps"), help="stop after this many steps (0 = no limit)"
+    )
     p.add_argument("--from-scratch", dest="use_pretrained", action="store_false", default=None)
-    p.add_argument("--size", choices=("full", "tiny"), default=d("full"))
+    p.add_argument("--size", choices=names(MODEL_SIZES), default=d("size"), help=help_text(MODEL_SIZES))
     p.add_argument("--diffusion", dest="use_diffusion", action="store_true", default=None)
     p.add_argument("--distill", dest="use_distillation", action="store_true", default=None)
-    p.add_argument("--diffusion-epochs", type=int, default=d(20))
-    p.add_argument("--diffusion-max-steps", type=int, default=d(0))
-    p.add_argument("--distill-epochs", type=int, default=d(10))
-    p.add_argument("--distill-max-steps", type=int, default=d(0))
-    p.add_argument("--device", default=d("auto"))
-    p.add_argument("--workers", type=int, default=d(2))
+    p.add_argument("--diffusion-epochs", type=int, default=d("diffusion_epochs"))
+    p.add_argument("--diffusion-max-steps", type=int, default=d("diffusion_max_steps"))
+    p.add_argument("--distill-epochs", type=int, default=d("distill_epochs"))
+    p.add_argument("--distill-max-steps", type=int, default=d("distill_max_steps"))
+    p.add_argument("--device", default=d("device"), help=f"{help_text(DEVICES)}; or cuda:N")
+    p.add_argument("--workers", type=int, default=d("workers"))
     p.add_argument(
         "--no-report",
         dest="use_report",
@@ -75,11 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_common(run)
     _add_settings(run, defaults=True)
-    for stage in STAGE_COMMANDS:
+    for stage in _stage_commands():
         p = sub.add_parser(stage, help=f"only the {stage} stage (resumable)")
         _add_common(p)
         _add_settings(p, defaults=False)
-    rep = sub.add_parser("report", help="make the report card of a trained experiment, then export again")
+    rep = sub.add_parser(
+        REPORT_COMMAND, help="make the report card of a trained experiment, then export again"
+    )
     rep.add_argument("name", help="model / experiment name")
     rep.add_argument("--models-dir", type=Path, default=None, help="default: $TIMBRE_MODELS_DIR or ./models")
     rep.add_argument("--data-dir", type=Path, default=None, help="default: $TIMBRE_DATA_DIR or ./data")
@@ -103,7 +132,6 @@ _SLICE_KEYS = {"slicing": "mode", "use_normalization": "use_normalization"}
 
 def _settings(args: argparse.Namespace, *, fresh: bool) -> Any:
     from infer.catalog import resolve_data_dir, resolve_models_dir
-    from train.pipeline import TrainSettings
 
     models_dir = resolve_models_dir(args.models_dir)
     work_dir = args.work_dir or resolve_data_dir(args.data_dir) / "experiments" / args.name
@@ -129,7 +157,7 @@ def _settings(args: argparse.Namespace, *, fresh: bool) -> Any:
 
 def _run_import(args: argparse.Namespace) -> int:
     from infer.catalog import resolve_models_dir
-    from train.export import import_model_files, import_model_zip
+    from infer.library import import_model_files, import_model_zip
 
     models_dir = resolve_models_dir(args.models_dir)
     if args.source.suffix.lower() == ".zip":
@@ -182,7 +210,7 @@ def _run_training(args: argparse.Namespace) -> int:
 
 def _run_report(args: argparse.Namespace) -> int:
     from infer.catalog import resolve_data_dir, resolve_models_dir
-    from train.pipeline import TrainSettings, run_stages, stage_report
+    from train.pipeline import run_stages, stage_report
     from train.report import ReportConfig
 
     work_dir = args.work_dir or resolve_data_dir(args.data_dir) / "experiments" / args.name
@@ -222,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "import":
             return _run_import(args)
-        if args.command == "report":
+        if args.command == REPORT_COMMAND:
             return _run_report(args)
         return _run_training(args)
     except (TimbreError, ValueError) as exc:

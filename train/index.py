@@ -28,7 +28,6 @@ KMEANS_ABOVE_ROWS = 200_000
 KMEANS_CENTRES = 10_000
 KMEANS_BATCH_PER_CPU = 256
 ADD_BATCH_ROWS = 8192
-INDEX_STAGES = ("added", "trained")
 
 
 class IndexBuildError(TimbreError):
@@ -43,20 +42,6 @@ def ivf_list_count(n_vectors: int) -> int:
     if n_vectors <= 0:
         raise ValueError(f"n_vectors must be positive, got {n_vectors}")
     return max(1, min(int(16 * math.sqrt(n_vectors)), n_vectors // 39))
-
-
-def index_file_name(n_ivf: int, name: str, version: str, *, stage: str = "added") -> str:
-    """RVC's index file name, e.g. ``added_IVF30_Flat_nprobe_1_myvoice_v2.index``.
-
-    Args:
-        n_ivf: number of IVF lists.
-        name: experiment / voice name.
-        version: 'v1' (256-dim features) or 'v2' (768-dim).
-        stage: 'added' (the searchable index inference loads) or 'trained' (centroids only).
-    """
-    if stage not in INDEX_STAGES:
-        raise ValueError(f"stage must be one of {INDEX_STAGES}, not {stage!r}")
-    return f"{stage}_IVF{n_ivf}_Flat_nprobe_1_{name}_{version}.index"
 
 
 def _check_features(features: np.ndarray) -> np.ndarray:
@@ -143,13 +128,6 @@ def build_index(
         check_stop(should_stop)
     log.info("built IVF%d index: %d rows of dimension %d", n_ivf, n_rows, dim)
     return index
-
-
-def index_ivf_count(index: faiss.Index) -> int:
-    """Number of IVF lists of an IVF index (to name its file)."""
-    import faiss
-
-    return int(faiss.extract_index_ivf(index).nlist)
 
 
 def write_index(index: faiss.Index, path: str | os.PathLike[str]) -> Path:

@@ -17,8 +17,8 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from infer.errors import TimbreError
 from infer.fsutil import atomic_write_text
 from infer.options import OFFLINE_CONTENT_ENCODER, TRAIN_STAGES, names
 from infer.progress import ProgressFn, StopFn, check_stop, report, sub_progress
-from train.slicing import SliceConfig
+from train.settings import StageError, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -45,129 +45,6 @@ LCM_HEAD = "diffusion_lcm.pt"
 WHISPER_ENCODER = OFFLINE_CONTENT_ENCODER
 MetricsCallback = Callable[[int, dict[str, float]], None]
 LogCallback = Callable[[str], None]
-
-
-class StageError(TimbreError):
-    """A stage cannot run: an earlier stage's output is missing, or the settings conflict."""
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """Everything a training run needs; stored as ``settings.json`` in the experiment folder.
-
-    Attributes:
-        name: the model's name (also the folder under ``models_dir``).
-        work_dir: the experiment folder.
-        models_dir: where the finished model is installed.
-        pretrained_dir: RVC base files and content/pitch weights; None = the default folder.
-        dataset: audio files, folders or zips.
-        sample_rate: 32000, 40000 or 48000 (16000 allowed for ``size='tiny'``).
-        version: ``'v1'`` (256-d content) or ``'v2'`` (768-d).
-        use_f0: train a pitch model.
-        f0_method: F0 method for feature extraction; None = rmvpe when present, else fcpe.
-        content_encoder: content encoder name or path.
-        slice: slicing and normalisation settings.
-        epochs, batch_size, save_every_epochs, max_steps: VITS schedule (max_steps 0 = no limit).
-        use_pretrained: fine-tune from RVC's base G/D when present.
-        size: ``'full'`` (RVC's networks) or ``'tiny'`` (tests, quick trials).
-        use_diffusion: train the teacher diffusion head; use_distillation: then distil an LCM head.
-        diffusion_epochs, distill_epochs: their schedules; diffusion_max_steps, distill_max_steps: caps.
-        device: ``'auto'``, ``'cpu'``, ``'cuda'``...
-        workers: processes for slicing and F0.
-        use_report: hold out a few clips and make the report card before export.
-    """
-
-    name: str
-    work_dir: Path
-    models_dir: Path
-    pretrained_dir: Path | None = None
-    dataset: tuple[str, ...] = ()
-    sample_rate: int = 40000
-    version: str = "v2"
-    use_f0: bool = True
-    f0_method: str | None = None
-    content_encoder: str = "hubert_base"
-    slice: SliceConfig = field(default_factory=SliceConfig)
-    epochs: int = 20
-    batch_size: int = 4
-    save_every_epochs: int = 5
-    max_steps: int = 0
-    use_pretrained: bool = True
-    size: str = "full"
-    use_diffusion: bool = False
-    use_distillation: bool = False
-    diffusion_epochs: int = 20
-    diffusion_max_steps: int = 0
-    distill_epochs: int = 10
-    distill_max_steps: int = 0
-    device: str = "auto"
-    workers: int = 2
-    use_report: bool = True
-
-    def __post_init__(self) -> None:
-        from infer.catalog import validate_model_name
-
-        validate_model_name(self.name)
-        if self.use_distillation and not self.use_diffusion:
-            raise StageError("distillation needs the diffusion teacher: enable diffusion too")
-        for key in (
-            "epochs",
-            "batch_size",
-            "save_every_epochs",
-            "diffusion_epochs",
-            "distill_epochs",
-            "workers",
-        ):
-            if getattr(self, key) < 1:
-                raise StageError(f"{key} must be at least 1")
-        if self.size not in ("full", "tiny"):
-            raise StageError("size must be 'full' or 'tiny'")
-        if self.content_encoder == WHISPER_ENCODER and self.version != "v2":
-            raise StageError(f"{WHISPER_ENCODER} models are stored in the v2 layout: use version 'v2'")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainSettings:
-        """Build from plain data (JSON, job params); unknown keys are an error."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise StageError(f"unknown training setting(s): {sorted(unknown)}")
-        data = dict(values)
-        for key in ("work_dir", "models_dir"):
-            data[key] = Path(data[key])
-        if data.get("pretrained_dir"):
-            data["pretrained_dir"] = Path(data["pretrained_dir"])
-        if isinstance(data.get("dataset"), (str, Path)):
-            data["dataset"] = (str(data["dataset"]),)
-        data["dataset"] = tuple(str(p) for p in data.get("dataset", ()))
-        if isinstance(data.get("slice"), Mapping):
-            data["slice"] = SliceConfig.from_dict(data["slice"])
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-friendly data."""
-        data = asdict(self)
-        data["work_dir"] = str(self.work_dir)
-        data["models_dir"] = str(self.models_dir)
-        data["pretrained_dir"] = str(self.pretrained_dir) if self.pretrained_dir else None
-        data["dataset"] = list(self.dataset)
-        data["slice"] = self.slice.to_dict()
-        return data
-
-    def save(self) -> None:
-        """Write ``settings.json`` into the experiment folder."""
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.work_dir / "settings.json", json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def load(cls, work_dir: Path) -> TrainSettings:
-        """Read ``settings.json`` from an experiment folder."""
-        path = Path(work_dir) / "settings.json"
-        if not path.is_file():
-            raise StageError(
-                f"{work_dir} is not an experiment folder (no settings.json); run `prepare` first"
-            )
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
 
 
 @dataclass
@@ -270,6 +147,7 @@ def stage_extract(
 def _feature_dim(settings: TrainSettings) -> int | None:
     """Width of the extracted content features when it is not the version's HuBERT width."""
     from train.features import feature_dir
+
     folder = feature_dir(settings.work_dir, settings.version)
     first = next((p for p in sorted(folder.glob("*.npy")) if not p.name.startswith(".")), None)
     if first is None:
@@ -352,8 +230,9 @@ def stage_index(
     settings: TrainSettings, *, progress: ProgressFn | None, should_stop: StopFn | None
 ) -> StageResult:
     """RVC's IVF-Flat index over every content feature of the training set (held-out clips left out)."""
+    from infer.retrieval import index_file_name, index_ivf_count
     from train.features import feature_dir, load_training_features
-    from train.index import build_index, index_file_name, index_ivf_count, write_index
+    from train.index import build_index, write_index
 
     heldout = set(_heldout(settings))
     if heldout:
@@ -598,9 +477,9 @@ def stage_export(
 ) -> StageResult:
     """Install the model into ``models_dir/<name>/`` and write the shareable zip."""
     from infer.catalog import validate_model_name
+    from infer.library import build_model_metadata, export_model_zip
     from infer.models import load_voice_model
     from train.dataset import load_manifest
-    from train.export import build_model_metadata, export_model_zip
     from train.vits import DEFAULT_EXPORT_DIRNAME
 
     name = validate_model_name(settings.name)
@@ -761,7 +640,7 @@ def run_stage(
     log_line: LogCallback,
     metrics: MetricsCallback,
 ) -> dict[str, Any]:
-    """Job-worker entry point (see :mod:`train.jobs`): ``params['stage']`` is a stage or ``'run_all'``."""
+    """The studio's job-worker entry point (see :mod:`ui.jobs`): ``params['stage']`` names the stage(s)."""
     params = dict(params)
     stage = params.pop("stage", "run_all")
     params.pop("resume", None)

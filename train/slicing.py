@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from infer import dsp
+from infer.options import SLICE_MODES, names
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,6 @@ NORM_PEAK = 0.9
 NORM_ALPHA = 0.75
 MAX_SEGMENT_PEAK = 2.5
 FEATURE_SAMPLE_RATE = 16000
-SLICE_MODES = ("auto", "fixed", "off")
 _RMS_BLOCK_FRAMES = 2048
 
 
@@ -59,7 +59,7 @@ class SliceConfig:
 
     def __post_init__(self) -> None:
         if self.mode not in SLICE_MODES:
-            raise ValueError(f"slice mode must be one of {SLICE_MODES}, not {self.mode!r}")
+            raise ValueError(f"slice mode must be one of {names(SLICE_MODES)}, not {self.mode!r}")
         if not -120.0 <= self.threshold_db < 0.0:
             raise ValueError(f"threshold_db must be in [-120, 0), got {self.threshold_db}")
         if not self.min_length_ms >= self.min_interval_ms >= self.hop_size_ms > 0:

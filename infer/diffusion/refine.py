@@ -16,9 +16,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,9 +24,9 @@ from infer.diffusion.denoiser import Denoiser
 from infer.diffusion.head import DiffusionHead, DiffusionHeadError, head_kind_for_sampler
 from infer.diffusion.schedulers import make_sampler
 from infer.errors import TimbreError
-from infer.nn.configs import ConfigError, check_config_keys
-from infer.options import LCM_HEAD, REFINE_STARTS, SAMPLERS, diffusion_sampler_names, names
+from infer.options import LCM_HEAD
 from infer.progress import ProgressFn, StopFn, check_stop, report
+from infer.refine_params import RefineParams
 
 __all__ = ["RefineError", "RefineParams", "guided_eps", "refine"]
 
@@ -38,63 +35,6 @@ log = logging.getLogger(__name__)
 
 class RefineError(TimbreError, ValueError):
     """The refine inputs do not fit each other (shapes, a missing start latent, steps out of range)."""
-
-
-@dataclass(frozen=True)
-class RefineParams:
-    """User choices for diffusion refinement.
-
-    Attributes:
-        sampler: ``'ddpm'`` (ancestral), ``'ddim'`` (eta = 0) or ``'lcm'`` (needs a distilled head).
-        steps: network evaluations for LCM (1..4), sampler steps for DDPM/DDIM (1..T; the shallow
-            start caps them at ``strength * T``).
-        guidance_weight: w >= 0; 0 is the plain conditional prediction.
-        start: ``'noise'`` or ``'shallow'``.
-        strength: for ``'shallow'``, the fraction of T the VITS latent is noised to, in (0, 1].
-        seed: seed of every noise draw; None draws a fresh seed.
-    """
-
-    sampler: str = "lcm"
-    steps: int = 4
-    guidance_weight: float = 0.0
-    start: str = "noise"
-    strength: float = 0.5
-    seed: int | None = 0
-
-    def __post_init__(self) -> None:
-        samplers = diffusion_sampler_names()
-        if self.sampler not in samplers:
-            raise ConfigError(f"RefineParams.sampler must be one of {samplers}, got {self.sampler!r}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-            raise ConfigError(f"RefineParams.steps must be a positive int, got {self.steps!r}")
-        max_steps = SAMPLERS[self.sampler].max_steps
-        if self.steps > max_steps:
-            raise ConfigError(f"the {self.sampler} sampler takes 1 to {max_steps} steps, got {self.steps}")
-        for name in ("guidance_weight", "strength"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"RefineParams.{name} must be a number, got {value!r}")
-            object.__setattr__(self, name, float(value))
-        if not self.guidance_weight >= 0.0:
-            raise ConfigError(f"RefineParams.guidance_weight must be >= 0, got {self.guidance_weight}")
-        if self.start not in REFINE_STARTS:
-            raise ConfigError(f"RefineParams.start must be one of {names(REFINE_STARTS)}, got {self.start!r}")
-        if not 0.0 < self.strength <= 1.0:
-            raise ConfigError(f"RefineParams.strength must be in (0, 1], got {self.strength}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
-        ):
-            raise ConfigError(f"RefineParams.seed must be a non-negative int or None, got {self.seed!r}")
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> RefineParams:
-        """Build from a plain dict; unknown keys are a :class:`ConfigError`."""
-        check_config_keys(cls, data, require_all=False)
-        return cls(**data)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of every field."""
-        return asdict(self)
 
 
 def guided_eps(

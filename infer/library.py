@@ -1,4 +1,4 @@
-"""Share voice models as zip files: export one from the models folder, import the layouts people share.
+"""Model zips: export one from the models folder, import the layouts people share (no ``train/`` needed).
 
 An exported zip is flat::
 
@@ -164,14 +164,12 @@ def _read_metadata_file(path: Path) -> dict[str, Any]:
 
 def _index_name(index_path: Path, name: str, version: str, loaded_index: Any | None = None) -> str:
     """RVC's ``added_IVF<n>_Flat_nprobe_1_<name>_<version>.index`` for an index file."""
-    from train.index import index_file_name, index_ivf_count
+    from infer.retrieval import index_file_name, index_ivf_count, load_index
 
     if loaded_index is None:
         match = _IVF_RE.search(index_path.name)
         if match is not None:
             return index_file_name(int(match.group(1)), name, version)
-        from infer.retrieval import load_index
-
         loaded_index = load_index(index_path).index
     try:
         n_ivf = index_ivf_count(loaded_index)
@@ -293,10 +291,7 @@ def import_model_zip(
         return _install(
             staging,
             root,
-            pth=pth,
-            index=index,
-            metadata_path=metadata_path if metadata_path.is_file() else None,
-            extras=extras,
+            _Staged(pth, index, metadata_path if metadata_path.is_file() else None, tuple(extras)),
             name=name,
             overwrite=overwrite,
             source=zip_path.name,
@@ -350,10 +345,7 @@ def import_model_files(
         return _install(
             staging,
             root,
-            pth=pth_copy,
-            index=index_copy,
-            metadata_path=None,
-            extras=[],
+            _Staged(pth_copy, index_copy, None, ()),
             name=name or pth.stem,
             overwrite=overwrite,
             source=pth.name,
@@ -436,19 +428,27 @@ def _check_free(root: Path, name: str, overwrite: bool) -> None:
         )
 
 
+@dataclass(frozen=True)
+class _Staged:
+    """The files of one upload, extracted or copied into the staging folder."""
+
+    pth: Path
+    index: Path | None
+    metadata_path: Path | None
+    extras: tuple[Path, ...]
+
+
 def _install(
     staging: Path,
     root: Path,
+    staged: _Staged,
     *,
-    pth: Path,
-    index: Path | None,
-    metadata_path: Path | None,
-    extras: Sequence[Path],
     name: str | None,
     overwrite: bool,
     source: str,
 ) -> str:
     """Validate the staged files and move them into ``root/<name>/``; returns the name."""
+    pth, index, metadata_path, extras = staged.pth, staged.index, staged.metadata_path, staged.extras
     from infer.fsutil import atomic_write_text
     from infer.models import load_voice_model
     from infer.retrieval import check_dim, load_index

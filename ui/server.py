@@ -1,0 +1,168 @@
+"""The studio's server: ``python app.py`` flags, the login, the queue and the launch; :func:`build_app`.
+
+``python app.py [--host 127.0.0.1] [--port 7860] [--auth user:password | --auth-file F]
+[--models-dir D] [--data-dir D] [--pretrained-dir D]``
+
+A tab is one module under :mod:`ui.tabs` with ``build(demo, studio)``, listed once in
+:data:`TABS`. Nothing heavy happens while the page is built: no model is loaded, nothing
+downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from infer.catalog import resolve_data_dir, resolve_models_dir
+from ui.studio import Studio, StudioPaths
+from ui.tabs import assets, convert, models, train
+
+APP_DIR = Path(__file__).resolve().parents[1]
+CSS_PATH = APP_DIR / "assets" / "studio.css"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+MAX_UPLOAD_SIZE = "4gb"
+DEFAULT_CONCURRENCY = 4  # light handlers (lists, polls, renames)
+QUEUE_MAX_SIZE = 64
+TABS = (convert, train, models, assets)
+"""The page's tabs, in order: each module's ``build(demo, studio)`` lays one out."""
+
+
+def build_app(models_dir: Path, data_dir: Path, pretrained_dir: Path | None = None) -> gr.Blocks:
+    """Build the studio. Nothing heavy happens here: no model is loaded, nothing downloaded."""
+    if pretrained_dir is None:
+        from infer.assets import default_pretrained_dir
+
+        pretrained_dir = default_pretrained_dir()
+    studio = Studio(StudioPaths(Path(models_dir), Path(data_dir), Path(pretrained_dir)))
+    studio.store.recover_interrupted()
+    with gr.Blocks(title="Timbre studio", analytics_enabled=False) as demo:
+        gr.Markdown("# Timbre studio", elem_classes="timbre-header")
+        with gr.Tabs():
+            for tab in TABS:
+                tab.build(demo, studio)
+    return demo
+
+
+def parse_auth(value: str) -> tuple[str, str]:
+    """``user:password`` -> (user, password); the password may contain ':'."""
+    user, sep, password = value.partition(":")
+    if not sep or not user.strip() or not password:
+        raise ValueError("credentials must look like user:password, with a non-empty user and password")
+    return user.strip(), password
+
+
+def read_auth_file(path: str | Path) -> list[tuple[str, str]]:
+    """One ``user:password`` per line; blank lines and lines starting with '#' are ignored."""
+    pairs = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            pairs.append(parse_auth(text))
+        except ValueError as exc:
+            raise ValueError(f"{path}, line {number}: {exc}") from None
+    if not pairs:
+        raise ValueError(f"{path} holds no user:password line")
+    return pairs
+
+
+def is_loopback(host: str) -> bool:
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(host: str, auth: Sequence[tuple[str, str]] | None) -> bool:
+    """Log a warning (and return True) when serving beyond this machine without a login."""
+    if is_loopback(host) or auth:
+        return False
+    logging.warning(
+        "serving on %s without --auth: anyone who can reach this address can use the studio, "
+        "read its models and start jobs; add --auth user:password or --auth-file FILE",
+        host,
+    )
+    return True
+
+
+def launch(
+    demo: gr.Blocks,
+    *,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    auth: list[tuple[str, str]] | None = None,
+    prevent_thread_lock: bool = False,
+    quiet: bool = False,
+    data_dir: Path | None = None,
+) -> Any:
+    """Queue settings and launch options shared by ``main`` and the tests.
+
+    ``data_dir``'s outputs and exports folders are the only extra folders the page may download
+    from (besides Gradio's defaults: its cache, the working directory and the temp folder).
+    """
+    warn_if_exposed(host, auth)
+    allowed = [] if data_dir is None else [str(Path(data_dir) / "outputs"), str(Path(data_dir) / "exports")]
+    demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
+    return demo.launch(
+        server_name=host,
+        server_port=port,
+        auth=auth or None,
+        auth_message="Timbre studio: sign in" if auth else None,
+        prevent_thread_lock=prevent_thread_lock,
+        quiet=quiet,
+        show_error=False,
+        max_file_size=MAX_UPLOAD_SIZE,
+        ssr_mode=False,
+        theme=gr.themes.Soft(),
+        css_paths=[CSS_PATH],
+        footer_links=["api", "settings"],
+        allowed_paths=allowed,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python app.py", description="Timbre studio (web UI)")
+    parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 7860)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--auth", default=None, help="require this login, as user:password")
+    group.add_argument("--auth-file", type=Path, default=None, help="file of user:password lines")
+    parser.add_argument(
+        "--models-dir", default=None, help="voice models folder (default $TIMBRE_MODELS_DIR or ./models)"
+    )
+    parser.add_argument("--data-dir", default=None, help="jobs, outputs and experiments (default ./data)")
+    parser.add_argument("--pretrained-dir", default=None, help="pretrained base files (default ./pretrained)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests
+    auth: list[tuple[str, str]] | None = None
+    try:
+        if args.auth is not None:
+            auth = [parse_auth(args.auth)]
+        elif args.auth_file is not None:
+            auth = read_auth_file(args.auth_file)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    data_dir = resolve_data_dir(args.data_dir)
+    demo = build_app(
+        resolve_models_dir(args.models_dir),
+        data_dir,
+        Path(args.pretrained_dir).expanduser() if args.pretrained_dir else None,
+    )
+    launch(demo, host=args.host, port=args.port, auth=auth, data_dir=data_dir)
+    return 0

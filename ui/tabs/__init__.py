@@ -1,0 +1,1 @@
+"""One module per tab; each has ``build(demo, studio)`` laying out its widgets and wiring their events."""
