@@ -34,7 +34,10 @@ CHROMIUM_FLAGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-TABS = {"Convert": "convert", "Train": "train", "Models": "models", "Assets & settings": "assets"}
+TABS = {
+    "Convert": "convert", "Song cover": "cover", "Live": "live", "Train": "train", "Models": "models",
+    "Assets & settings": "assets",
+}  # fmt: skip
 EXPERIMENT = "browser1"
 DATASET = [VOICES_DIR / "us1" / "speech" / f"{n}.flac" for n in ("001", "002", "003", "004")]
 SOURCE_CLIP = VOICES_DIR / "us2" / "speech" / "003.flac"

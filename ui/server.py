@@ -20,8 +20,9 @@ from typing import Any
 import gradio as gr
 
 from infer.catalog import resolve_data_dir, resolve_models_dir
+from ui.live import LiveContext, live_routes
 from ui.studio import Studio, StudioPaths
-from ui.tabs import assets, convert, models, train
+from ui.tabs import assets, convert, cover, live, models, train
 
 APP_DIR = Path(__file__).resolve().parents[1]
 CSS_PATH = APP_DIR / "assets" / "studio.css"
@@ -30,7 +31,9 @@ DEFAULT_PORT = 7860
 MAX_UPLOAD_SIZE = "4gb"
 DEFAULT_CONCURRENCY = 4  # light handlers (lists, polls, renames)
 QUEUE_MAX_SIZE = 64
-TABS = (convert, train, models, assets)
+TABS = (convert, cover, live, train, models, assets)
+LIVE_HEAD = '<script src="/timbre/live/static/live.js" defer></script>'
+"""The Live tab's client, loaded with the page (it builds its panel when the tab appears)."""
 """The page's tabs, in order: each module's ``build(demo, studio)`` lays one out."""
 
 
@@ -47,6 +50,7 @@ def build_app(models_dir: Path, data_dir: Path, pretrained_dir: Path | None = No
         with gr.Tabs():
             for tab in TABS:
                 tab.build(demo, studio)
+    demo.timbre_live = LiveContext(Path(models_dir), Path(pretrained_dir))  # type: ignore[attr-defined]
     return demo
 
 
@@ -113,7 +117,11 @@ def launch(
     warn_if_exposed(host, auth)
     allowed = [] if data_dir is None else [str(Path(data_dir) / "outputs"), str(Path(data_dir) / "exports")]
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
+    live_context = getattr(demo, "timbre_live", None)
+    routes = live_routes(live_context) if live_context is not None else []
     return demo.launch(
+        app_kwargs={"routes": routes},
+        head=LIVE_HEAD if routes else None,
         server_name=host,
         server_port=port,
         auth=auth or None,

@@ -172,18 +172,18 @@ class WorkerProcesses:
             return len(self._procs)
 
 
-def _session(request: gr.Request | None) -> str:
+def session_of(request: gr.Request | None) -> str:
     return (getattr(request, "session_hash", None) or "default") if request is not None else "default"
 
 
-def _gradio_progress(progress: gr.Progress) -> ProgressFn:
+def gradio_progress(progress: gr.Progress) -> ProgressFn:
     def update(fraction: float, stage: str) -> None:
         progress(min(1.0, max(0.0, fraction)), desc=stage)
 
     return update
 
 
-def _fresh_output_dir(outputs_dir: Path) -> Path:
+def fresh_output_dir(outputs_dir: Path) -> Path:
     folder = outputs_dir / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
     folder.mkdir(parents=True)
     return folder
@@ -254,7 +254,7 @@ class Studio:
         if not name:
             raise StudioError("choose the model to download first")
         find_model(self.paths.models_dir, name)
-        folder = _fresh_output_dir(self.paths.exports_dir)
+        folder = fresh_output_dir(self.paths.exports_dir)
         archive = export_model_zip(self.paths.models_dir, name, dest=folder)
         return str(
             archive
@@ -313,10 +313,10 @@ class Studio:
         params = convert_params_from_page(values)
         if len(inputs) == 1:
             check_decodable(inputs[0])  # a broken file is reported before the model loads
-        session = _session(request)
+        session = session_of(request)
         flag = self.stops.begin("convert", session)
         try:
-            report_to = _gradio_progress(progress)
+            report_to = gradio_progress(progress)
             report(report_to, 0.0, "loading the voice model")
             converter = load_converter(
                 entry,
@@ -330,7 +330,7 @@ class Studio:
                 entry.name,
                 inputs,
                 params,
-                _fresh_output_dir(self.paths.outputs_dir),
+                fresh_output_dir(self.paths.outputs_dir),
                 progress=report_to,
                 should_stop=flag.is_set,
             )
@@ -342,7 +342,7 @@ class Studio:
 
     @ui_errors
     def cancel_convert(self, request: gr.Request) -> str:
-        was_running = self.stops.stop("convert", _session(request))
+        was_running = self.stops.stop("convert", session_of(request))
         return "Stopping the conversion..." if was_running else "No conversion is running."
 
     # ---- training and jobs ----------------------------------------------------------------
@@ -481,11 +481,11 @@ class Studio:
 
         if not name:
             raise StudioError("choose a file to download")
-        session = _session(request)
+        session = session_of(request)
         flag = self.stops.begin("download", session)
         try:
             path = download_asset(
-                name, self.paths.pretrained_dir, progress=_gradio_progress(progress), should_stop=flag.is_set
+                name, self.paths.pretrained_dir, progress=gradio_progress(progress), should_stop=flag.is_set
             )
         finally:
             self.stops.end("download", session, flag)
@@ -493,7 +493,7 @@ class Studio:
 
     @ui_errors
     def cancel_download(self, request: gr.Request) -> str:
-        if self.stops.stop("download", _session(request)):
+        if self.stops.stop("download", session_of(request)):
             return "Stopping the download (the partial file is kept for a resume)..."
         return "No download is running."
 

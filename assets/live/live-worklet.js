@@ -1,7 +1,8 @@
 // Timbre Live: the audio-thread half. Moves samples only; the conversion runs on the server.
 // Input: microphone frames are gathered into chunks and posted to the page (which sends them
-// over the WebSocket). Output: converted frames from the page wait in a FIFO and are played once
-// `prefill` samples are there; an empty FIFO plays silence and counts a gap.
+// over the WebSocket). Output: converted frames from the page wait in a FIFO; playback starts one
+// jitter margin after the first block arrives, an empty FIFO plays silence (a counted gap), and a
+// FIFO that grows past a block plus two margins skips ahead so the delay never creeps up.
 // Measure mode: noise bursts replace the microphone, and the envelopes of what went in and what
 // came back are recorded, so the page can find the delay by cross-correlation.
 
@@ -10,7 +11,10 @@ class TimbreLiveProcessor extends AudioWorkletProcessor {
     super();
     const opts = options.processorOptions;
     this.chunk = opts.chunk;
-    this.prefill = opts.prefill;
+    this.block = opts.block || 0;
+    this.jitter = opts.jitter || 0;
+    this.armedAt = -1;
+    this.skipped = 0;
     this.inBuf = new Float32Array(this.chunk);
     this.inFill = 0;
     this.fifo = [];
@@ -27,6 +31,10 @@ class TimbreLiveProcessor extends AudioWorkletProcessor {
     if (message.type === "audio") {
       this.fifo.push(message.samples);
       this.queued += message.samples.length;
+      if (this.armedAt < 0) this.armedAt = this.clock;
+      // Latency must not creep: past one block plus two jitter margins, skip to one margin.
+      const limit = this.block + 2 * this.jitter;
+      if (this.playing && this.block && this.queued > limit) this.drop(this.queued - (this.block + this.jitter));
     } else if (message.type === "measure") {
       const blocks = Math.ceil((message.seconds * sampleRate) / 128);
       this.measure = {
@@ -39,14 +47,29 @@ class TimbreLiveProcessor extends AudioWorkletProcessor {
         start: this.clock,
         seed: 12345,
       };
-    } else if (message.type === "prefill") {
-      this.prefill = message.samples;
+    } else if (message.type === "timing") {
+      this.block = message.block;
+      this.jitter = message.jitter;
     } else if (message.type === "reset") {
       this.fifo = [];
       this.fifoHead = 0;
       this.queued = 0;
       this.playing = false;
+      this.armedAt = -1;
     }
+  }
+
+  drop(samples) {
+    let left = samples;
+    while (left > 0 && this.fifo.length) {
+      const head = this.fifo[0];
+      const take = Math.min(left, head.length - this.fifoHead);
+      this.fifoHead += take;
+      this.queued -= take;
+      left -= take;
+      if (this.fifoHead === head.length) { this.fifo.shift(); this.fifoHead = 0; }
+    }
+    this.skipped += samples - left;
   }
 
   noise() {
@@ -82,7 +105,8 @@ class TimbreLiveProcessor extends AudioWorkletProcessor {
         this.inFill = 0;
       }
     }
-    if (!this.playing && this.queued >= this.prefill) this.playing = true;
+    // Playback starts one jitter margin after the first block arrived: a block lasts until the next.
+    if (!this.playing && this.armedAt >= 0 && this.clock - this.armedAt >= this.jitter) this.playing = true;
     let filled = 0;
     if (this.playing) {
       while (filled < n && this.fifo.length) {
@@ -109,7 +133,7 @@ class TimbreLiveProcessor extends AudioWorkletProcessor {
       }
     }
     this.clock += n;
-    if ((this.clock / n) % 94 === 0) this.port.postMessage({ type: "level", queued: this.queued, gaps: this.gaps });
+    if ((this.clock / n) % 94 === 0) this.port.postMessage({ type: "level", queued: this.queued, gaps: this.gaps, skipped: this.skipped });
     return true;
   }
 }

@@ -115,7 +115,7 @@
     state.ctx = ctx;
     await ctx.audioWorklet.addModule(`${BASE}/static/live-worklet.js`);
     const node = new AudioWorkletNode(ctx, "timbre-live", {
-      processorOptions: { chunk: Math.round(CHUNK_S * ctx.sampleRate), prefill: Math.round(0.3 * ctx.sampleRate) },
+      processorOptions: { chunk: Math.round(CHUNK_S * ctx.sampleRate), jitter: Math.round(JITTER_S * ctx.sampleRate) },
     });
     state.node = node;
     ctx.createMediaStreamSource(state.media).connect(node);
@@ -133,6 +133,7 @@
         finishMeasure(ui, m);
       } else if (m.type === "level") {
         state.gaps = m.gaps;
+        state.skipped = m.skipped;
       }
     };
     ws.onopen = () => {
@@ -156,7 +157,9 @@
       if (m.type === "ready") {
         state.ready = m;
         state.status = "streaming";
-        node.port.postMessage({ type: "prefill", samples: Math.round(((m.block_ms / 1000) + JITTER_S) * ctx.sampleRate) });
+        node.port.postMessage({
+          type: "timing", block: Math.round((m.block_ms / 1000) * ctx.sampleRate), jitter: Math.round(JITTER_S * ctx.sampleRate),
+        });
         show(ui, `Streaming into ${m.model}: block ${m.block_ms} ms, algorithmic latency ${m.algorithmic_latency_ms} ms.`);
       } else if (m.type === "stats") {
         state.stats = m;
