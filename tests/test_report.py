@@ -83,7 +83,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "--save-every",
         "1",
         "--batch-size",
-        "2",
+        "4",
         "--max-steps",
         str(STEPS),
         "--from-scratch",
