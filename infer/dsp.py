@@ -247,43 +247,6 @@ def apply_protect(
     return feats32 * mask + before32 * (np.float32(1.0) - mask)
 
 
-def crossfade(a: np.ndarray, b: np.ndarray, overlap: int) -> np.ndarray:
-    """Join two chunks whose last/first ``overlap`` samples cover the same audio.
-
-    The overlap uses complementary raised-cosine gains (``fade_in = sin^2``, ``fade_out = cos^2``)
-    that sum to exactly 1 at every sample: right for chunks converted from the same input, which are
-    strongly correlated (an equal-power fade would bump their level by up to 3 dB).
-
-    Args:
-        a: (La,) or (La, C) first chunk.
-        b: (Lb,) or (Lb, C) second chunk.
-        overlap: samples shared by the end of ``a`` and the start of ``b``; 0 concatenates.
-
-    Returns:
-        (La + Lb - overlap, ...) in the common float dtype of ``a`` and ``b``.
-    """
-    a = np.asarray(a)
-    b = np.asarray(b)
-    if overlap < 0 or overlap > min(a.shape[0], b.shape[0]):
-        raise ValueError(f"overlap {overlap} must be in [0, min(len(a), len(b))]")
-    dtype = np.result_type(a.dtype, b.dtype, np.float32)
-    if overlap == 0:
-        return np.concatenate([a, b]).astype(dtype, copy=False)
-    fade_in = _fade_in(overlap).astype(dtype)
-    fade_in = fade_in.reshape((overlap,) + (1,) * (a.ndim - 1))
-    mixed = a[-overlap:] * (1 - fade_in) + b[:overlap] * fade_in
-    return np.concatenate([a[:-overlap], mixed, b[overlap:]]).astype(dtype, copy=False)
-
-
-@lru_cache(maxsize=16)
-def _fade_in(overlap: int) -> np.ndarray:
-    """Raised-cosine fade-in of ``overlap`` samples, strictly inside (0, 1); float64, read-only."""
-    phase = (np.arange(overlap, dtype=np.float64) + 0.5) / overlap
-    ramp = np.sin(0.5 * np.pi * phase) ** 2
-    ramp.setflags(write=False)
-    return ramp
-
-
 LIMITER_CEILING = 0.98
 """Default sample ceiling of :func:`limit_peaks` (about -0.18 dBFS)."""
 LIMITER_WINDOW_S = 0.01

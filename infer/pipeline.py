@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -335,15 +336,8 @@ def _convert_whole(
     report(chunk_progress, 1.0, "synthesis done")
 
     t0 = time.perf_counter()
-    audio_out = audio_out[:filled]
-    if params.rms_mix_rate != 1:
-        source = audio_pad[t_pad : t_pad + n_input]  # the high-passed input, unpadded
-        audio_out = dsp.rms_mix(source, SAMPLE_RATE_16K, audio_out, config.sample_rate, params.rms_mix_rate)
-    sample_rate = config.sample_rate
-    if params.output_sample_rate and params.output_sample_rate != sample_rate:
-        audio_out = resample(audio_out, sample_rate, params.output_sample_rate)
-        sample_rate = params.output_sample_rate
-    audio_out = _limit_peak(audio_out)
+    # the high-passed input, unpadded, for the RMS mix
+    audio_out, sample_rate = _finish(audio_out[:filled], audio_pad[t_pad : t_pad + n_input], params, config)
     timer.add("post", t0)
     timer.totals["total"] = time.perf_counter() - started
     report(progress, 1.0, "done")
@@ -360,6 +354,19 @@ def _convert_whole(
         warnings=warnings,
         precision=converter.precision,
     )
+
+
+def _finish(
+    audio: np.ndarray, source_16k: np.ndarray, params: ConvertParams, config: Any
+) -> tuple[np.ndarray, int]:
+    """RMS mix with the source, the output rate, the peak limit: (audio, its sample rate)."""
+    if params.rms_mix_rate != 1:
+        audio = dsp.rms_mix(source_16k, SAMPLE_RATE_16K, audio, config.sample_rate, params.rms_mix_rate)
+    sample_rate = config.sample_rate
+    if params.output_sample_rate and params.output_sample_rate != sample_rate:
+        audio = resample(audio, sample_rate, params.output_sample_rate)
+        sample_rate = params.output_sample_rate
+    return _limit_peak(audio), sample_rate
 
 
 def _limit_peak(audio: np.ndarray) -> np.ndarray:

@@ -136,15 +136,3 @@ def test_apply_protect_rejects_mismatched_shapes() -> None:
         dsp.apply_protect(np.zeros((4, 2)), np.zeros((4, 2)), np.zeros(5), 0.3)
 
 
-def test_crossfade_keeps_level_of_correlated_chunks() -> None:
-    a = np.ones(100, dtype=np.float32)
-    b = np.ones(80, dtype=np.float32)
-    out = dsp.crossfade(a, b, 30)
-    assert out.shape == (150,)
-    np.testing.assert_allclose(out, 1.0, atol=1e-6)
-    ramp = dsp.crossfade(np.zeros(50), np.ones(50), 20)[30:50]
-    assert np.all(np.diff(ramp) > 0)
-    assert 0 < ramp[0] < 0.05 and 0.95 < ramp[-1] < 1
-    np.testing.assert_array_equal(dsp.crossfade(a[:3], b[:2], 0), [1, 1, 1, 1, 1])
-    with pytest.raises(ValueError, match="overlap"):
-        dsp.crossfade(a[:10], b[:5], 6)

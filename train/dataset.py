@@ -14,7 +14,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -663,44 +663,10 @@ def prepare_dataset(
     k16_dir = work / WAVS_16K_DIRNAME
     dirs = (gt_dir, k16_dir)
     state_path = work / PREPARE_STATE_FILENAME
-    state = _load_state(state_path, sample_rate, config)
-    if state is None:
-        for folder in dirs:
-            if folder.exists():
-                shutil.rmtree(folder)
-        state = {
-            "format": STATE_FORMAT,
-            "sample_rate": sample_rate,
-            "slice_config": config.to_dict(),
-            "next_index": 0,
-            "files": {},
-        }
-    for folder in dirs:
-        folder.mkdir(parents=True, exist_ok=True)
+    state = _fresh_or_resumed_state(state_path, sample_rate, config, dirs)
     entries: dict[str, dict[str, Any]] = state["files"]
     wanted = {str(f.path.resolve()): f.path for f in manifest.files}
-    for gone in [k for k in entries if k not in wanted]:
-        _remove_outputs(dirs, entries[gone]["index"])
-        del entries[gone]
-
-    todo: list[tuple[str, Path, int]] = []
-    reused = 0
-    for key, path in wanted.items():
-        entry = entries.get(key)
-        try:
-            size, mtime_ns = _file_key(path)
-        except OSError:
-            size, mtime_ns = -1, -1
-        if _is_reusable(entry, size, mtime_ns, dirs):
-            reused += 1
-            continue
-        if entry is None:
-            entry = {"index": state["next_index"]}
-            state["next_index"] += 1
-            entries[key] = entry
-        _remove_outputs(dirs, entry["index"])
-        entry.update(size_bytes=size, mtime_ns=mtime_ns, status="pending", names=[], duration_s=0.0)
-        todo.append((key, path, entry["index"]))
+    todo, reused = _plan_files(state, wanted, dirs)
     _write_json(state_path, state)
     log.info("preparing %d clip(s), reusing %d", len(todo), reused)
 
@@ -730,6 +696,73 @@ def prepare_dataset(
     finally:
         _write_json(state_path, state)
 
+    names, duration, skipped = _summarise(entries, wanted)
+    report(progress, 1.0, f"{len(names)} segments ready")
+    return PreparedDataset(
+        gt_wavs_dir=gt_dir,
+        wavs_16k_dir=k16_dir,
+        segment_names=tuple(sorted(names, key=_segment_sort_key)),
+        duration_s=duration,
+        files_processed=len(todo),
+        files_reused=reused,
+        skipped=tuple(skipped),
+    )
+
+
+def _fresh_or_resumed_state(
+    state_path: Path, sample_rate: int, config: SliceConfig, dirs: Sequence[Path]
+) -> dict[str, Any]:
+    """The saved preparation state when it fits these settings; else a new one (outputs cleared)."""
+    state = _load_state(state_path, sample_rate, config)
+    if state is None:
+        for folder in dirs:
+            if folder.exists():
+                shutil.rmtree(folder)
+        state = {
+            "format": STATE_FORMAT,
+            "sample_rate": sample_rate,
+            "slice_config": config.to_dict(),
+            "next_index": 0,
+            "files": {},
+        }
+    for folder in dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+    return state
+
+
+def _plan_files(
+    state: dict[str, Any], wanted: Mapping[str, Path], dirs: Sequence[Path]
+) -> tuple[list[tuple[str, Path, int]], int]:
+    """Forget clips no longer wanted; (clips to slice as (key, path, index), clips reused as they are)."""
+    entries: dict[str, dict[str, Any]] = state["files"]
+    for gone in [k for k in entries if k not in wanted]:
+        _remove_outputs(dirs, entries[gone]["index"])
+        del entries[gone]
+    todo: list[tuple[str, Path, int]] = []
+    reused = 0
+    for key, path in wanted.items():
+        entry = entries.get(key)
+        try:
+            size, mtime_ns = _file_key(path)
+        except OSError:
+            size, mtime_ns = -1, -1
+        if _is_reusable(entry, size, mtime_ns, dirs):
+            reused += 1
+            continue
+        if entry is None:
+            entry = {"index": state["next_index"]}
+            state["next_index"] += 1
+            entries[key] = entry
+        _remove_outputs(dirs, entry["index"])
+        entry.update(size_bytes=size, mtime_ns=mtime_ns, status="pending", names=[], duration_s=0.0)
+        todo.append((key, path, entry["index"]))
+    return todo, reused
+
+
+def _summarise(
+    entries: Mapping[str, Mapping[str, Any]], wanted: Mapping[str, Path]
+) -> tuple[list[str], float, list[SkippedFile]]:
+    """Segment names, their total duration and the skipped clips, from the state's entries."""
     names: list[str] = []
     duration = 0.0
     skipped: list[SkippedFile] = []
@@ -741,16 +774,7 @@ def prepare_dataset(
             skipped.append(
                 SkippedFile(str(wanted.get(key, key)), entry.get("reason", ""), entry.get("code", ""))
             )
-    report(progress, 1.0, f"{len(names)} segments ready")
-    return PreparedDataset(
-        gt_wavs_dir=gt_dir,
-        wavs_16k_dir=k16_dir,
-        segment_names=tuple(sorted(names, key=_segment_sort_key)),
-        duration_s=duration,
-        files_processed=len(todo),
-        files_reused=reused,
-        skipped=tuple(skipped),
-    )
+    return names, duration, skipped
 
 
 def _segment_sort_key(name: str) -> tuple[int, int]:

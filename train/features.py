@@ -218,19 +218,10 @@ def extract_features(
         if content_todo or f0_todo:
             _run_jobs(
                 run,
-                wav_dir=wav_dir,
-                content_dir=content_dir,
-                coarse_dir=coarse_dir,
-                hz_dir=hz_dir,
-                content_todo=content_todo,
-                f0_todo=f0_todo,
-                version=version,
-                f0_method=f0_method,
-                content_encoder=content_encoder,
-                pretrained_dir=pretrained_dir,
-                device=device,
-                workers=workers,
-                should_stop=should_stop,
+                _Folders(wav=wav_dir, content=content_dir, coarse=coarse_dir, hz=hz_dir),
+                _Extraction(version, f0_method, content_encoder, pretrained_dir, device, workers),
+                (content_todo, f0_todo),
+                should_stop,
             )
     finally:
         _save_state(state_path, state)
@@ -352,23 +343,40 @@ class _Run:
             self.last_save = time.monotonic()
 
 
+@dataclass(frozen=True)
+class _Folders:
+    """Where a run reads the segments and writes each kind of feature."""
+
+    wav: Path
+    content: Path
+    coarse: Path
+    hz: Path
+
+
+@dataclass(frozen=True)
+class _Extraction:
+    """How features are computed: the layout, the methods, where their weights are, the workers."""
+
+    version: str
+    f0_method: str
+    content_encoder: str | Path
+    pretrained_dir: Path | None
+    device: str
+    workers: int
+
+
 def _run_jobs(
     run: _Run,
-    *,
-    wav_dir: Path,
-    content_dir: Path,
-    coarse_dir: Path,
-    hz_dir: Path,
-    content_todo: list[str],
-    f0_todo: list[str],
-    version: str,
-    f0_method: str,
-    content_encoder: str | Path,
-    pretrained_dir: Path | None,
-    device: str,
-    workers: int,
+    folders: _Folders,
+    job: _Extraction,
+    todo: tuple[list[str], list[str]],
     should_stop: StopFn | None,
 ) -> None:
+    """Content features for ``todo[0]`` and F0 for ``todo[1]``, F0 in a process pool when it pays."""
+    content_todo, f0_todo = todo
+    wav_dir, content_dir, coarse_dir, hz_dir = folders.wav, folders.content, folders.coarse, folders.hz
+    version, f0_method, content_encoder = job.version, job.f0_method, job.content_encoder
+    pretrained_dir, device, workers = job.pretrained_dir, job.device, job.workers
     import torch
 
     from infer.content import load_content_encoder

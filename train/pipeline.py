@@ -199,7 +199,7 @@ def stage_fit(
 ) -> StageResult:
     """Train (or resume) the VITS synthesizer; exports land in ``work_dir/weights``."""
     from train.report import ensure_heldout
-    from train.vits import fit_vits
+    from train.vits import FitSources, fit_vits
 
     heldout = ensure_heldout(settings.work_dir) if settings.use_report else ()
     pth = fit_vits(
@@ -207,10 +207,12 @@ def stage_fit(
         None,
         settings.name,
         vits_config(settings),
-        pretrained_dir=settings.pretrained_dir,
-        content_encoder=settings.content_encoder,
-        f0_method=_f0_method(settings) if settings.use_f0 else None,
-        exclude_names=heldout,
+        sources=FitSources(
+            pretrained_dir=settings.pretrained_dir,
+            content_encoder=settings.content_encoder,
+            f0_method=_f0_method(settings) if settings.use_f0 else None,
+            exclude_names=heldout,
+        ),
         progress=progress,
         should_stop=should_stop,
         on_metrics=on_metrics,

@@ -49,7 +49,7 @@ from train.vits.data import (
     bucket_batches,
     collate,
 )
-from train.vits.fit import RUN_INFO_FILENAME, fit_vits
+from train.vits.fit import RUN_INFO_FILENAME, FitSources, fit_vits
 from train.vits.losses import (
     FORWARD_NAMES,
     STEP_SCALARS,
@@ -88,6 +88,7 @@ __all__ = [
     "RVC_EXPORT_SEGMENT_FRAMES",
     "SPEAKER_TABLE_KEY",
     "STEP_SCALARS",
+    "FitSources",
     "PretrainedError",
     "PretrainedLoad",
     "StepForward",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from infer.progress import ProgressFn, StopFn, report
@@ -39,6 +40,23 @@ def _features_settings(work_dir: Path) -> tuple[str | None, str | None]:
     return (encoder if isinstance(encoder, str) else None), (method if isinstance(method, str) else None)
 
 
+@dataclass(frozen=True)
+class FitSources:
+    """What a fit reads besides the work folder.
+
+    Attributes:
+        pretrained_dir: where RVC's base files are looked up; None = the default folder.
+        content_encoder: recorded in the metadata; None = what the feature extraction recorded.
+        f0_method: recorded in the metadata; None = what the feature extraction recorded.
+        exclude_names: segments left out of training (e.g. the report card's held-out clips).
+    """
+
+    pretrained_dir: str | os.PathLike[str] | None = None
+    content_encoder: str | None = None
+    f0_method: str | None = None
+    exclude_names: Sequence[str] = ()
+
+
 def fit_vits(
     work_dir: str | os.PathLike[str],
     models_dir: str | os.PathLike[str] | None = None,
@@ -46,10 +64,7 @@ def fit_vits(
     config: VitsTrainConfig | None = None,
     *,
     run_dir: str | os.PathLike[str] | None = None,
-    pretrained_dir: str | os.PathLike[str] | None = None,
-    content_encoder: str | None = None,
-    f0_method: str | None = None,
-    exclude_names: Sequence[str] = (),
+    sources: FitSources | None = None,
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     on_metrics: MetricsFn | None = None,
@@ -63,10 +78,7 @@ def fit_vits(
         config: training settings (defaults: RVC's v2 40 kHz pitch model).
         run_dir: checkpoints and metrics; None = ``work_dir/vits``. An existing run there is
             resumed exactly; a checkpoint that cannot be restored raises ResumeError.
-        pretrained_dir: where RVC's base files are looked up; None = the default folder.
-        content_encoder: recorded in the metadata; None = what the feature extraction recorded.
-        f0_method: recorded in the metadata; None = what the feature extraction recorded.
-        exclude_names: segments left out of training (e.g. the report card's held-out clips).
+        sources: the base files' folder, what to record in the metadata, held-out segments.
         progress: receives (fraction, message), ETA included.
         should_stop: cancel request; a checkpoint and an export are written before Cancelled is raised.
         on_metrics: receives (step, metrics) per logged step.
@@ -83,6 +95,8 @@ def fit_vits(
     from infer.catalog import validate_model_name
 
     config = config or VitsTrainConfig()
+    sources = sources or FitSources()
+    exclude_names, pretrained_dir = sources.exclude_names, sources.pretrained_dir
     name = validate_model_name(name)
     work = Path(work_dir)
     report(progress, 0.0, "reading the training data")
@@ -100,8 +114,8 @@ def fit_vits(
         run_dir=Path(run_dir) if run_dir is not None else work / DEFAULT_RUN_DIRNAME,
         export_dir=export_dir,
         name=name,
-        content_encoder=content_encoder or recorded_encoder or DEFAULT_CONTENT_ENCODER,
-        f0_method=f0_method or recorded_f0,
+        content_encoder=sources.content_encoder or recorded_encoder or DEFAULT_CONTENT_ENCODER,
+        f0_method=sources.f0_method or recorded_f0,
         progress=progress,
         should_stop=should_stop,
         on_metrics=on_metrics,
