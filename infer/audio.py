@@ -31,6 +31,8 @@ from infer.errors import AudioDecodeError, TimbreError
 log = logging.getLogger(__name__)
 
 DECODE_TIMEOUT_S = 120.0
+LONG_DECODE_TIMEOUT_S = 1800.0
+"""ffmpeg's limit for decoding whole songs to disk (hours of audio)."""
 ENCODE_TIMEOUT_S = 120.0
 MIN_DURATION_S = 0.5
 """Shortest input :func:`check_convertible` accepts. HuBERT (25 ms window) and the pitch trackers
@@ -369,6 +371,57 @@ def _decode_native(path: Path, decode_timeout_s: float) -> tuple[np.ndarray, int
             "looks truncated or damaged; the decodable part was used (re-export the file to get all of it)"
         )
     return data, native_rate, warnings
+
+
+@lru_cache(maxsize=1)
+def _ffmpeg_has_soxr() -> bool:
+    code, stdout, stderr = _run_ffmpeg(["-buildconf"], timeout_s=30.0)
+    return code == 0 and ("libsoxr" in stderr or b"libsoxr" in stdout)
+
+
+def decode_to_wav(
+    path: str | Path,
+    target: str | Path,
+    *,
+    sample_rate: int | None = None,
+    channels: int | None = None,
+    decode_timeout_s: float = LONG_DECODE_TIMEOUT_S,
+) -> Path:
+    """Decode (and optionally resample / remix) any file ffmpeg reads into a float32 WAV on disk.
+
+    For audio too long to hold in memory: the result is read back in blocks (soundfile). The
+    same checks and errors as :func:`decode_audio` (empty, not audio, ...); resampling uses
+    ffmpeg's SoX resampler where the build has it. RF64 is used past 4 GB.
+    """
+    import ffmpeg
+
+    path = Path(path).expanduser()
+    target = Path(target)
+    if not path.is_file():
+        raise BadAudioError(f"audio file not found: {path}", reason="not_found")
+    if path.stat().st_size == 0:
+        raise BadAudioError(
+            f"{path.name} is an empty file (0 bytes); re-export or re-copy the recording", reason="empty"
+        )
+    options: dict[str, object] = {"acodec": "pcm_f32le", "format": "wav", "rf64": "auto", "map_metadata": -1}
+    if sample_rate is not None:
+        options["ar"] = sample_rate
+        if _ffmpeg_has_soxr():
+            options["af"] = "aresample=resampler=soxr:precision=28"
+    if channels is not None:
+        options["ac"] = channels
+    stream = ffmpeg.input(f"file:{path.resolve()}", protocol_whitelist="file,pipe")["a:0"]
+    args = stream.output(f"file:{target.resolve()}", **options).get_args()
+    code, _, stderr = _run_ffmpeg(["-y", *args], timeout_s=decode_timeout_s)
+    if code != 0:
+        target.unlink(missing_ok=True)
+        raise _decode_failure(path, stderr)
+    errors = _error_lines(stderr)
+    if errors:
+        log.warning(
+            "%s: ffmpeg reported decoding errors (%s); the decodable part is used", path.name, errors[0]
+        )
+    return target
 
 
 def resample(audio: np.ndarray, from_sr: int, to_sr: int) -> np.ndarray:

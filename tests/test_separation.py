@@ -261,20 +261,30 @@ def test_roformer_config_rejects_unknown_keys() -> None:
 
 
 class _HalfSeparator:
-    """A fast stand-in: vocals are ``gain`` times the mix; counts its calls."""
+    """A fast stand-in: vocals are ``gain`` times the mix; counts the songs it separated."""
 
     name = "half"
     sample_rate = 44100
     version = "1"
+    chunk_samples = 44100
+    overlap_samples = 4410
+    device = torch.device("cpu")
 
     def __init__(self, gain: float = 0.5) -> None:
         self.gain = gain
         self.calls = 0
+        self.chunks = 0
 
     def separate(self, audio: np.ndarray, sample_rate: int, *, progress=None, should_stop=None) -> Stems:
         self.calls += 1
         vocals = (self.gain * audio).astype(np.float32)
         return Stems(vocals=vocals, instrumental=audio - vocals, sample_rate=sample_rate)
+
+    def vocals_of_chunk(self, stereo: torch.Tensor) -> torch.Tensor:
+        if self.chunks == 0:
+            self.calls += 1
+        self.chunks += 1
+        return self.gain * stereo
 
 
 @pytest.mark.parametrize("source", [MIXTURES / "mix_us1_sines.flac", EDGE / "stereo_44k.wav"])

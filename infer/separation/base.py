@@ -57,6 +57,15 @@ class Separator(Protocol):
     """The rate the network runs at; inputs at other rates are resampled to it and back."""
     version: str
     """Changes whenever the output for the same input would change (part of the stem-cache key)."""
+    chunk_samples: int
+    """Samples (at ``sample_rate``) the network takes per call."""
+    overlap_samples: int
+    """Cross-fade between consecutive chunks."""
+    device: torch.device
+
+    def vocals_of_chunk(self, stereo: torch.Tensor) -> torch.Tensor:
+        """(2, chunk_samples) float32 at ``sample_rate`` -> its (2, chunk_samples) vocal estimate."""
+        ...
 
     def separate(
         self,

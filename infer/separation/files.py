@@ -19,20 +19,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from infer.audio import BadAudioError, load_audio_native, save_audio
 from infer.fsutil import atomic_write_text
-from infer.progress import ProgressFn, StopFn, check_stop, report, sub_progress
-from infer.separation.base import Separator, Stems
+from infer.progress import ProgressFn, StopFn, report
+from infer.separation.base import Separator
 from infer.separation.registry import default_separator, get_separator
+from infer.separation.streaming import separate_to_files
 
 log = logging.getLogger(__name__)
 
 CACHE_DIR_ENV_VAR = "TIMBRE_STEM_CACHE_DIR"
-SILENCE_RMS_DBFS = -60.0
-NO_VOCALS_DB = -30.0
-"""Vocal stem this far (RMS, dB) below the mix: the song is taken to have no vocals (logged)."""
 HASH_CHUNK_BYTES = 1024 * 1024
 VOCALS_SUFFIX = ".vocals.flac"
 INSTRUMENTAL_SUFFIX = ".instrumental.flac"
@@ -138,35 +133,6 @@ def clear_stem_cache(cache_dir: str | Path | None = None) -> int:
     return freed
 
 
-def _rms_db(audio: np.ndarray) -> float:
-    rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if audio.size else 0.0
-    return 20.0 * np.log10(rms) if rms > 0 else -np.inf
-
-
-def _load_song(path: Path) -> tuple[np.ndarray, int]:
-    """(C, L) float32 and the native rate; BadAudioError for files that are silent or multichannel."""
-    data, sample_rate = load_audio_native(path)
-    if data.shape[1] > 2:
-        raise BadAudioError(
-            f"{path.name} has {data.shape[1]} channels; separation takes mono or stereo: mix it down first",
-            reason="decode_failed",
-        )
-    song = np.ascontiguousarray(data.T, dtype=np.float32)
-    if not np.isfinite(song).all():
-        raise BadAudioError(
-            f"{path.name} contains NaN or infinite samples; re-export it from the editor that made it",
-            reason="not_finite",
-        )
-    level = _rms_db(song)
-    if level < SILENCE_RMS_DBFS:
-        raise BadAudioError(
-            f"{path.name} is silent (RMS {max(level, -120.0):.1f} dBFS): there are no vocals or "
-            "instruments to separate; check the file",
-            reason="silent",
-        )
-    return song, sample_rate
-
-
 def _copy_into(source: Path, target: Path) -> None:
     """Copy a file atomically (temporary sibling, then rename)."""
     temp = target.with_name(f".{target.name}.{secrets.token_hex(6)}.tmp")
@@ -230,8 +196,6 @@ def separate_file(
     else:
         engine = get_separator(separator or default_separator())
     cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    report(progress, 0.0, "reading the song")
-    song, sample_rate = _load_song(source)
     key = stem_cache_key(file_sha256(source), engine.name, engine.version)
     vocals_path = out / f"{source.stem}{VOCALS_SUFFIX}"
     instrumental_path = out / f"{source.stem}{INSTRUMENTAL_SUFFIX}"
@@ -246,28 +210,15 @@ def separate_file(
         return SeparatedFiles(
             vocals_path,
             instrumental_path,
-            sample_rate,
-            song.shape[0],
+            int(meta["sample_rate"]),
+            int(meta["channels"]),
             True,
             bool(meta.get("has_vocals", True)),
         )
-    stems: Stems = engine.separate(
-        song, sample_rate, progress=sub_progress(progress, 0.02, 0.95), should_stop=should_stop
+    found = separate_to_files(
+        source, engine, (vocals_path, instrumental_path), progress=progress, should_stop=should_stop
     )
-    del song
-    check_stop(should_stop)
-    has_vocals = bool(_rms_db(stems.vocals) - _rms_db(stems.vocals + stems.instrumental) > NO_VOCALS_DB)
-    if not has_vocals:
-        log.warning(
-            "%s: the vocal stem is more than %d dB below the mix; the song looks instrumental",
-            source.name,
-            -NO_VOCALS_DB,
-        )
-    report(progress, 0.96, "writing the stems")
-    save_audio(vocals_path, stems.vocals.T, sample_rate)
-    save_audio(instrumental_path, stems.instrumental.T, sample_rate)
-    channels = stems.vocals.shape[0]
-    del stems
+    sample_rate, channels, has_vocals = found.sample_rate, found.channels, found.has_vocals
     meta = {
         "source_name": source.name,
         "separator": engine.name,

@@ -369,11 +369,13 @@ class RoformerSeparator:
     ) -> None:
         self.config = config or MelRoformerConfig.kim_vocals()
         self.sample_rate = self.config.sample_rate
+        self.chunk_samples = self.config.chunk_samples
+        self.overlap_samples = self.config.overlap_samples
         self.device = torch.device(device)
         self.precision = precision
         self.net = load_roformer(weights, self.config, self.device)
 
-    def _vocals_of_chunk(self, stereo: torch.Tensor) -> torch.Tensor:
+    def vocals_of_chunk(self, stereo: torch.Tensor) -> torch.Tensor:
         with autocast_context(self.device, self.precision):
             vocals = self.net(stereo[None])[0].float()
         return F.pad(vocals, (0, stereo.shape[-1] - vocals.shape[-1]))
@@ -391,7 +393,7 @@ class RoformerSeparator:
         stereo = to_model_stereo(song, sample_rate, self.sample_rate)
         vocals = overlap_add(
             stereo,
-            self._vocals_of_chunk,
+            self.vocals_of_chunk,
             chunk=self.config.chunk_samples,
             overlap=self.config.overlap_samples,
             device=self.device,

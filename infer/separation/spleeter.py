@@ -181,6 +181,7 @@ class SpleeterSeparator:
 
     name = "spleeter-2stems"
     sample_rate = SAMPLE_RATE_HZ
+    chunk_samples = CHUNK_SAMPLES
     version = VERSION
 
     def __init__(
@@ -230,7 +231,7 @@ class SpleeterSeparator:
             stems.append(torch.istft(masked, N_FFT, HOP_LENGTH, window=self.window, center=True))
         return stems[0], stems[1]
 
-    def _vocals_of_chunk(self, stereo: torch.Tensor) -> torch.Tensor:
+    def vocals_of_chunk(self, stereo: torch.Tensor) -> torch.Tensor:
         vocals, _ = self.separate_chunk(stereo)
         return F.pad(vocals, (0, stereo.shape[-1] - vocals.shape[-1]))
 
@@ -247,7 +248,7 @@ class SpleeterSeparator:
         stereo = to_model_stereo(song, sample_rate, SAMPLE_RATE_HZ)
         vocals = overlap_add(
             stereo,
-            self._vocals_of_chunk,
+            self.vocals_of_chunk,
             chunk=CHUNK_SAMPLES,
             overlap=self.overlap_samples,
             device=self.device,
