@@ -269,18 +269,32 @@ class HeunSampler:
         """Network evaluations of N steps: 2N - 1 (the step to sigma = 0 is a plain Euler step)."""
         return 2 * num_steps - 1
 
-    def step(self, denoise: DenoiseFn, sigma: float, sigma_next: float, sample: Tensor) -> Tensor:
+    def step(
+        self, denoise: DenoiseFn, sigma: float | Tensor, sigma_next: float | Tensor, sample: Tensor
+    ) -> Tensor:
         """One step from ``sigma`` to ``sigma_next`` < sigma; ``denoise`` is called once or twice.
+
+        ``sigma`` and ``sigma_next`` are floats or (B,) per item (the consistency trainer's);
+        ``sigma_next`` must be 0 for every item or for none.
 
         Algorithm 1, lines 5-8: ``d = (x - D(x, s)) / s``, ``x' = x + (s' - s) d``; unless s' = 0,
         ``d' = (x' - D(x', s')) / s'`` and ``x' = x + (s' - s) (d + d') / 2``.
         """
         batch = sample.shape[0]
-        level = torch.full((batch,), sigma, dtype=torch.float64)
-        d = (sample - denoise(sample, level)) / sigma
-        euler = sample + (sigma_next - sigma) * d
-        if sigma_next == 0.0:
+        level = _levels(sigma, batch)
+        level_next = _levels(sigma_next, batch)
+        s, s_next = _column(level, sample), _column(level_next, sample)
+        d = (sample - denoise(sample, level)) / s
+        euler = sample + (s_next - s) * d
+        if bool((level_next == 0).all()):
             return euler
-        level_next = torch.full((batch,), sigma_next, dtype=torch.float64)
-        d_next = (euler - denoise(euler, level_next)) / sigma_next
-        return sample + (sigma_next - sigma) * 0.5 * (d + d_next)
+        if bool((level_next == 0).any()):
+            raise ValueError("sigma_next must be 0 for every item or for none")
+        d_next = (euler - denoise(euler, level_next)) / s_next
+        return sample + (s_next - s) * 0.5 * (d + d_next)
+
+
+def _levels(sigma: float | Tensor, batch: int) -> Tensor:
+    if isinstance(sigma, Tensor):
+        return sigma.detach().to("cpu", torch.float64).reshape(-1).expand(batch)
+    return torch.full((batch,), float(sigma), dtype=torch.float64)
