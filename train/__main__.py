@@ -1,4 +1,4 @@
-"""Command line: ``python -m train run|prepare|extract|fit|index|diffusion|distill|export|report|import``.
+"""Command line: ``python -m train run|<stage>|report|import`` (stages: see ``STAGE_COMMANDS``).
 
 ``python -m train report NAME`` makes (or remakes) the report card of a trained experiment and
 exports the model again, so the model folder and the zip carry the new ``report.json``.
@@ -16,7 +16,7 @@ from typing import Any
 
 log = logging.getLogger("train")
 
-STAGE_COMMANDS = ("prepare", "extract", "fit", "index", "diffusion", "distill", "export")
+STAGE_COMMANDS = ("prepare", "extract", "fit", "index", "diffusion", "distill", "cm", "acdd", "export")
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -54,6 +54,18 @@ def _add_settings(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--diffusion-max-steps", type=int, default=d(0))
     p.add_argument("--distill-epochs", type=int, default=d(10))
     p.add_argument("--distill-max-steps", type=int, default=d(0))
+    p.add_argument(
+        "--diffusion-parameterisation",
+        choices=("eps", "edm"),
+        default=d("eps"),
+        help="the teacher: eps (DDPM; LCM student) or edm (Karras et al.; cm and acdd students)",
+    )
+    p.add_argument("--cm", dest="use_cm", action="store_true", default=None, help="consistency student (edm)")
+    p.add_argument("--acdd", dest="use_acdd", action="store_true", default=None, help="ACDD student (edm)")
+    p.add_argument("--cm-epochs", type=int, default=d(10))
+    p.add_argument("--cm-max-steps", type=int, default=d(0))
+    p.add_argument("--acdd-epochs", type=int, default=d(10))
+    p.add_argument("--acdd-max-steps", type=int, default=d(0))
     p.add_argument("--device", default=d("auto"))
     p.add_argument("--workers", type=int, default=d(2))
     p.add_argument(
@@ -71,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="the whole chain: prepare, extract, fit, index, [diffusion, distill], export"
+        "run", help="the whole chain: prepare, extract, fit, index, [diffusion, distill, cm, acdd], export"
     )
     _add_common(run)
     _add_settings(run, defaults=True)

@@ -29,8 +29,16 @@ from infer import rvc
 from infer.devices import resolve_device
 from infer.errors import TimbreError
 from infer.fsutil import atomic_write_text
-from infer.options import OFFLINE_CONTENT_ENCODER, TRAIN_STAGES, names
+from infer.options import (
+    EDM_PARAMETERISATION,
+    HEADS,
+    OFFLINE_CONTENT_ENCODER,
+    PARAMETERISATIONS,
+    TRAIN_STAGES,
+    names,
+)
 from infer.progress import ProgressFn, StopFn, check_stop, report, sub_progress
+from train.diffusion_stages import stage_acdd, stage_cm
 from train.slicing import SliceConfig
 
 log = logging.getLogger(__name__)
@@ -72,6 +80,10 @@ class TrainSettings:
         size: ``'full'`` (RVC's networks) or ``'tiny'`` (tests, quick trials).
         use_diffusion: train the teacher diffusion head; use_distillation: then distil an LCM head.
         diffusion_epochs, distill_epochs: their schedules; diffusion_max_steps, distill_max_steps: caps.
+        diffusion_parameterisation: the teacher's ``'eps'`` (DDPM; students: LCM) or ``'edm'``
+            (Karras et al.; students: CM and ACDD).
+        use_cm, use_acdd: distil the EDM teacher into a consistency model / an ACDD student.
+        cm_epochs, cm_max_steps, acdd_epochs, acdd_max_steps: their schedules and caps.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``...
         workers: processes for slicing and F0.
         use_report: hold out a few clips and make the report card before export.
@@ -100,6 +112,13 @@ class TrainSettings:
     diffusion_max_steps: int = 0
     distill_epochs: int = 10
     distill_max_steps: int = 0
+    diffusion_parameterisation: str = "eps"
+    use_cm: bool = False
+    use_acdd: bool = False
+    cm_epochs: int = 10
+    cm_max_steps: int = 0
+    acdd_epochs: int = 10
+    acdd_max_steps: int = 0
     device: str = "auto"
     workers: int = 2
     use_report: bool = True
@@ -110,12 +129,23 @@ class TrainSettings:
         validate_model_name(self.name)
         if self.use_distillation and not self.use_diffusion:
             raise StageError("distillation needs the diffusion teacher: enable diffusion too")
+        if self.diffusion_parameterisation not in PARAMETERISATIONS:
+            raise StageError(f"diffusion_parameterisation must be one of {names(PARAMETERISATIONS)}")
+        is_edm = self.diffusion_parameterisation == EDM_PARAMETERISATION
+        if self.use_distillation and is_edm:
+            raise StageError(
+                "LCM distillation needs an eps teacher; the EDM teacher's students are cm and acdd"
+            )
+        if (self.use_cm or self.use_acdd) and not (self.use_diffusion and is_edm):
+            raise StageError("the cm and acdd students need the EDM teacher: enable diffusion with edm")
         for key in (
             "epochs",
             "batch_size",
             "save_every_epochs",
             "diffusion_epochs",
             "distill_epochs",
+            "cm_epochs",
+            "acdd_epochs",
             "workers",
         ):
             if getattr(self, key) < 1:
@@ -270,6 +300,7 @@ def stage_extract(
 def _feature_dim(settings: TrainSettings) -> int | None:
     """Width of the extracted content features when it is not the version's HuBERT width."""
     from train.features import feature_dir
+
     folder = feature_dir(settings.work_dir, settings.version)
     first = next((p for p in sorted(folder.glob("*.npy")) if not p.name.startswith(".")), None)
     if first is None:
@@ -461,15 +492,17 @@ def stage_diffusion(
 ) -> StageResult:
     """Train the teacher latent diffusion model on the trained voice's posterior latents."""
     from train.diffusion import DiffusionTrainer
+    from train.diffusion_edm import EDMTrainer
     from train.trainer import TrainerConfig
 
     dataset, synth_config = latent_dataset(
         settings, progress=sub_progress(progress, 0.0, 0.1), should_stop=should_stop
     )
     head_path = settings.work_dir / TEACHER_HEAD
-    trainer = DiffusionTrainer(
+    is_edm = settings.diffusion_parameterisation == EDM_PARAMETERISATION
+    trainer = (EDMTrainer if is_edm else DiffusionTrainer)(
         TrainerConfig(
-            run_dir=settings.work_dir / "diffusion",
+            run_dir=settings.work_dir / ("diffusion_edm" if is_edm else "diffusion"),
             epochs=settings.diffusion_epochs,
             save_every_epochs=max(1, settings.diffusion_epochs // 4),
             max_steps=settings.diffusion_max_steps,
@@ -486,7 +519,10 @@ def stage_diffusion(
     trainer.resume()
     trainer.fit()
     trainer.export_head()
-    return StageResult("diffusion", f"teacher head after {trainer.step} steps", {"head": str(head_path)})
+    kind = settings.diffusion_parameterisation
+    return StageResult(
+        "diffusion", f"{kind} teacher head after {trainer.step} steps", {"head": str(head_path)}
+    )
 
 
 def stage_distill(
@@ -505,6 +541,12 @@ def stage_distill(
     teacher_path = settings.work_dir / TEACHER_HEAD
     if not teacher_path.is_file():
         raise StageError("distillation needs the teacher head: run the `diffusion` stage first")
+    teacher = load_head(teacher_path)
+    if teacher.parameterisation == EDM_PARAMETERISATION:
+        raise StageError(
+            "LCM distillation needs an eps teacher, but this experiment's teacher is EDM: use the cm or "
+            "acdd stage, or retrain it with `python -m train diffusion --diffusion-parameterisation eps`"
+        )
     cache = settings.work_dir / "latents.pt"
     if cache.is_file():
         dataset = LatentDataset.load(cache)
@@ -519,7 +561,7 @@ def stage_distill(
             max_steps=settings.distill_max_steps,
         ),
         dataset,
-        load_head(teacher_path),
+        teacher,
         device=_device(settings),
         head_path=head_path,
         head_metadata={"model": settings.name},
@@ -618,7 +660,7 @@ def stage_export(
         index = index_path(settings)
         if index is not None:
             shutil.copy2(index, staging / index.name)
-        for head in (TEACHER_HEAD, LCM_HEAD):
+        for head in (spec.filename for spec in HEADS.values()):
             if (settings.work_dir / head).is_file():
                 shutil.copy2(settings.work_dir / head, staging / head)
         if (settings.work_dir / "report.json").is_file():
@@ -672,10 +714,12 @@ _STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
     "index": stage_index,
     "diffusion": stage_diffusion,
     "distill": stage_distill,
+    "cm": stage_cm,
+    "acdd": stage_acdd,
     "report": stage_report,
     "export": stage_export,
 }
-_WITH_METRICS = frozenset({"fit", "diffusion", "distill"})
+_WITH_METRICS = frozenset({"fit", "diffusion", "distill", "cm", "acdd"})
 
 
 def _prefixed_metrics(on_metrics: MetricsCallback | None, stage: str) -> MetricsCallback | None:
@@ -696,6 +740,10 @@ def stages_for_run(settings: TrainSettings) -> list[str]:
         chosen.append("diffusion")
     if settings.use_distillation:
         chosen.append("distill")
+    if settings.use_cm:
+        chosen.append("cm")
+    if settings.use_acdd:
+        chosen.append("acdd")
     if settings.use_report:
         chosen.append("report")
     chosen.append("export")
@@ -723,6 +771,8 @@ def run_stages(
         "index": 0.5,
         "diffusion": 4.0,
         "distill": 3.0,
+        "cm": 3.0,
+        "acdd": 3.0,
         "report": 2.0,
         "export": 0.3,
     }
