@@ -518,7 +518,7 @@ def stage_diffusion(
     )
     trainer.resume()
     trainer.fit()
-    trainer.export_head()
+    trainer.export_head().save(head_path)  # also when a finished run is resumed
     kind = settings.diffusion_parameterisation
     return StageResult(
         "diffusion", f"{kind} teacher head after {trainer.step} steps", {"head": str(head_path)}
