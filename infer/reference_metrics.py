@@ -5,8 +5,9 @@ resample to 16 kHz) and work on a 10 ms frame grid:
 
 * log-mel: natural log of an 80-band mel magnitude spectrogram (1024-point FFT, floor 1e-5);
 * mel-cepstrum: the cepstrum (a DCT-II scaled by 1 / n_mels) of each log-mel frame,
-  coefficients 1..24 (c0, the level, left out). This approximates the SPTK mel-cepstra that MCD is usually quoted on, so its
-  values compare within Timbre's benchmarks, not with published MCD figures;
+  coefficients 1..24 (c0, the level, left out). This approximates the SPTK mel-cepstra that
+  MCD is usually quoted on, so its values compare within Timbre's benchmarks, not with
+  published MCD figures;
 * MCD (Kubichek 1993): ``(10 / ln 10) sqrt(2 sum_d (c_d - c'_d)^2)`` dB, averaged over frames;
 * DTW-aligned MCD: the frames first paired by dynamic time warping on the cepstral distance
   (for a parallel sentence spoken at another pace);
