@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -171,7 +172,7 @@ def test_no_guidance_is_the_conditional_pass_alone(sampler: str) -> None:
 
     if sampler == "edm":
         sigmas = karras_sigmas(steps, EDM, sigma0)
-        for s, s_next in zip(sigmas[:-1], sigmas[1:], strict=True):
+        for s, s_next in itertools.pairwise(sigmas):
             x = HeunSampler(EDM).step(denoise, s, s_next, x) * cond.mask
     elif sampler == "cm":
         levels = karras_sigmas(steps, EDM, sigma0)[:-1]
