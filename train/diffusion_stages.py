@@ -9,6 +9,7 @@ every head of :data:`infer.options.HEADS` into the model folder and the zip.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from infer.diffusion.head import HEAD_FILENAMES, DiffusionHead, load_head
@@ -16,7 +17,7 @@ from infer.options import ACDD_HEAD, CM_HEAD, EDM_PARAMETERISATION, TEACHER_HEAD
 from infer.progress import ProgressFn, StopFn, sub_progress
 from train.trainer import MetricsFn, TrainerConfig
 
-__all__ = ["stage_acdd", "stage_cm"]
+__all__ = ["exportable_heads", "stage_acdd", "stage_cm"]
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,30 @@ def _edm_teacher(settings: Any, stage: str) -> DiffusionHead:
             "for an LCM student of this teacher)"
         )
     return head
+
+
+def exportable_heads(work_dir: Path) -> list[Path]:
+    """The head files of ``work_dir`` to ship: the teacher, and students distilled from that teacher.
+
+    A student whose ``teacher_sha256`` is not the current teacher's (left over from a teacher of
+    the other parameterisation, or from before a retraining) is left out with a warning.
+    """
+    from train.distill import teacher_fingerprint
+
+    teacher_path = work_dir / HEAD_FILENAMES[TEACHER_HEAD]
+    if not teacher_path.is_file():
+        return []
+    fingerprint = teacher_fingerprint(load_head(teacher_path))
+    chosen = [teacher_path]
+    for kind, filename in HEAD_FILENAMES.items():
+        path = work_dir / filename
+        if kind == TEACHER_HEAD or not path.is_file():
+            continue
+        if load_head(path).metadata.get("teacher_sha256") == fingerprint:
+            chosen.append(path)
+        else:
+            log.warning("%s was distilled from another teacher head: not exported (train it again)", filename)
+    return chosen
 
 
 def _dataset(settings: Any, should_stop: StopFn | None) -> Any:

@@ -31,14 +31,13 @@ from infer.errors import TimbreError
 from infer.fsutil import atomic_write_text
 from infer.options import (
     EDM_PARAMETERISATION,
-    HEADS,
     OFFLINE_CONTENT_ENCODER,
     PARAMETERISATIONS,
     TRAIN_STAGES,
     names,
 )
 from infer.progress import ProgressFn, StopFn, check_stop, report, sub_progress
-from train.diffusion_stages import stage_acdd, stage_cm
+from train.diffusion_stages import exportable_heads, stage_acdd, stage_cm
 from train.slicing import SliceConfig
 
 log = logging.getLogger(__name__)
@@ -660,9 +659,8 @@ def stage_export(
         index = index_path(settings)
         if index is not None:
             shutil.copy2(index, staging / index.name)
-        for head in (spec.filename for spec in HEADS.values()):
-            if (settings.work_dir / head).is_file():
-                shutil.copy2(settings.work_dir / head, staging / head)
+        for head in exportable_heads(settings.work_dir):
+            shutil.copy2(head, staging / head.name)
         if (settings.work_dir / "report.json").is_file():
             shutil.copy2(settings.work_dir / "report.json", staging / "report.json")
             from train.report import PREVIEW_DIRNAME
