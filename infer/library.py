@@ -462,12 +462,22 @@ def _install(
         loaded = load_index(index)
         check_dim(loaded, model.config.content_dim)
         loaded_index = loaded.index
+    from infer.diffusion.head import HEAD_FILENAMES, check_head_file
+
     for extra in extras:
         if extra.suffix == ".pt":
             try:
                 load_checkpoint(extra)
             except UnsafeFileError as exc:
                 raise UnsafeFileError(f"{source}: {extra.name} is not plain data: {exc}") from exc
+        if extra.name in HEAD_FILENAMES.values():
+            config = model.config
+            check_head_file(
+                extra,
+                latent_channels=config.inter_channels,
+                content_dim=config.content_dim,
+                gin_channels=config.gin_channels,
+            )
     existing = _read_metadata_file(metadata_path) if metadata_path is not None else {}
     final_name = name
     if final_name is None:

@@ -539,3 +539,29 @@ def _mono(audio: np.ndarray) -> np.ndarray:
     if data.ndim != 1:
         raise ValueError(f"expected (L,) or (L, C) audio, got shape {data.shape}")
     return data
+
+
+from infer.reference_metrics import (  # noqa: E402 (ground-truth measures, see that module)
+    dtw_mcd,
+    dtw_path,
+    log_f0_correlation,
+    log_mel,
+    log_mel_l1,
+    mcd,
+    mel_cepstrum,
+)
+
+__all__ = [
+    "QualityMetrics",
+    "character_error_rate",
+    "dtw_mcd",
+    "dtw_path",
+    "log_f0_correlation",
+    "log_mel",
+    "log_mel_l1",
+    "mcd",
+    "measure",
+    "mel_cepstrum",
+    "speaker_similarity",
+    "transcribe",
+]

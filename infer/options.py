@@ -36,11 +36,30 @@ class SamplerSpec(Choice):
         head_kind: the diffusion head it needs (``""``: none, the plain VITS path).
         max_steps: most sampler steps allowed (1 for the plain path).
         default_steps: the steps the page and the CLI start with.
+        parameterisation: the teacher parameterisation it needs (``""``: any, or no teacher).
     """
 
     head_kind: str = ""
     max_steps: int = 1
     default_steps: int = 1
+    parameterisation: str = ""
+
+
+@dataclass(frozen=True)
+class HeadSpec(Choice):
+    """A kind of diffusion head a voice model folder can carry.
+
+    Attributes:
+        filename: its file in the model folder (every one matches ``diffusion*.pt``).
+        stage: the training stage that makes it.
+        parameterisation: what the network predicts: ``'eps'`` (DDPM noise, t in 0..T) or
+            ``'edm'`` (Karras et al. 2022 preconditioned denoiser over sigma); ``''`` for a
+            teacher, which may be either (its file says which).
+    """
+
+    filename: str = ""
+    stage: str = ""
+    parameterisation: str = ""
 
 
 _C = TypeVar("_C", bound=Choice)
@@ -62,15 +81,34 @@ F0_METHODS: dict[str, F0MethodSpec] = _table(
 
 TEACHER_HEAD = "teacher"
 LCM_HEAD = "lcm"
-HEAD_KINDS = (TEACHER_HEAD, LCM_HEAD)
+CM_HEAD = "cm"
+ACDD_HEAD = "acdd"
+EPS_PARAMETERISATION = "eps"
+EDM_PARAMETERISATION = "edm"
+PARAMETERISATIONS: dict[str, Choice] = _table(
+    Choice(EPS_PARAMETERISATION, "DDPM noise prediction over t = 0..T (samplers ddpm, ddim; student lcm)"),
+    Choice(EDM_PARAMETERISATION, "EDM preconditioned denoiser over sigma (sampler edm; students cm, acdd)"),
+)
+"""What a teacher network predicts; chosen per voice when the teacher is trained."""
+HEADS: dict[str, HeadSpec] = _table(
+    HeadSpec(TEACHER_HEAD, "the latent-diffusion teacher", "diffusion_teacher.pt", "diffusion"),
+    HeadSpec(LCM_HEAD, "LCM student of an eps teacher", "diffusion_lcm.pt", "distill", "eps"),
+    HeadSpec(CM_HEAD, "consistency student of an EDM teacher", "diffusion_cm.pt", "cm", "edm"),
+    HeadSpec(ACDD_HEAD, "adversarial one-step student of an EDM teacher", "diffusion_acdd.pt", "acdd", "edm"),
+)
+"""Diffusion heads: kind -> file name, the stage that trains it, its parameterisation."""
+HEAD_KINDS = tuple(HEADS)
 """Kinds of diffusion head a voice model folder can carry."""
 
 SAMPLER_OFF = "off"
 SAMPLERS: dict[str, SamplerSpec] = _table(
     SamplerSpec(SAMPLER_OFF, "RVC's path: the VITS prior and flow, no refinement"),
-    SamplerSpec("ddpm", "DDPM ancestral sampling with the teacher head", TEACHER_HEAD, 1000, 50),
-    SamplerSpec("ddim", "DDIM with the teacher head (deterministic)", TEACHER_HEAD, 1000, 8),
+    SamplerSpec("ddpm", "DDPM ancestral sampling with the teacher head", TEACHER_HEAD, 1000, 50, "eps"),
+    SamplerSpec("ddim", "DDIM with the teacher head (deterministic)", TEACHER_HEAD, 1000, 8, "eps"),
     SamplerSpec("lcm", "latent consistency model: 1 to 4 steps with the distilled head", LCM_HEAD, 4, 4),
+    SamplerSpec("edm", "EDM Heun sampler (2N-1 evaluations) with an EDM teacher", TEACHER_HEAD, 64, 8, "edm"),
+    SamplerSpec("cm", "consistency model of the EDM teacher: 1 to 4 steps", CM_HEAD, 4, 1),
+    SamplerSpec("acdd", "adversarially distilled one-step student (strength = its level)", ACDD_HEAD, 1, 1),
 )
 """Conversion samplers over the decoder latent (LCM-SVC); ``off`` is RVC's own path."""
 
@@ -134,7 +172,9 @@ TRAIN_STAGES: dict[str, Choice] = _table(
     Choice("fit", "VITS fine-tuning from RVC's base files, or from scratch"),
     Choice("index", "the faiss retrieval index"),
     Choice("diffusion", "the latent-diffusion teacher (optional)"),
-    Choice("distill", "the one-to-four-step LCM student (optional)"),
+    Choice("distill", "the one-to-four-step LCM student of an eps teacher (optional)"),
+    Choice("cm", "the consistency student of an EDM teacher, 1 to 4 steps (optional)"),
+    Choice("acdd", "the adversarial one-step student of an EDM teacher (optional)"),
     Choice("report", "the report card on held-out clips"),
     Choice("export", "install into the models folder and write the zip"),
 )
@@ -157,7 +197,7 @@ AUDIO_SUFFIXES = frozenset(
 
 OUTPUT_FORMATS = ("wav", "flac", "mp3", "m4a")
 """Formats converted audio can be written in (see :func:`infer.audio.save_audio`)."""
-OPTIONAL_STAGES = ("diffusion", "distill")
+OPTIONAL_STAGES = ("diffusion", "distill", "cm", "acdd")
 """Stages that *Run all* includes only when the user ticks them."""
 
 

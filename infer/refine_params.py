@@ -17,9 +17,11 @@ class RefineParams:
     """User choices for diffusion refinement.
 
     Attributes:
-        sampler: ``'ddpm'`` (ancestral), ``'ddim'`` (eta = 0) or ``'lcm'`` (needs a distilled head).
-        steps: network evaluations for LCM (1..4), sampler steps for DDPM/DDIM (1..T; the shallow
-            start caps them at ``strength * T``).
+        sampler: a diffusion sampler of :data:`infer.options.SAMPLERS`: ``'ddpm'`` (ancestral),
+            ``'ddim'`` (eta = 0), ``'lcm'``, ``'edm'`` (Heun), ``'cm'`` or ``'acdd'``.
+        steps: network evaluations for LCM/CM (1..4), sampler steps for DDPM/DDIM (1..T; the
+            shallow start caps them at ``strength * T``), Heun steps for EDM (2N - 1 evaluations),
+            1 for ACDD.
         guidance_weight: w >= 0; 0 is the plain conditional prediction.
         start: ``'noise'`` or ``'shallow'``.
         strength: for ``'shallow'``, the fraction of T the VITS latent is noised to, in (0, 1].

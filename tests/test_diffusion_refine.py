@@ -178,7 +178,7 @@ def test_missing_heads_say_which_stage_makes_them(tmp_path: Path) -> None:
         load_head_for_sampler(tmp_path, "ddim")
     _head("teacher").save(tmp_path / TEACHER_FILENAME)
     assert load_head_for_sampler(tmp_path, "ddpm").kind == "teacher"
-    with pytest.raises(DiffusionHeadError, match=r"python -m train distill.*ddpm/ddim"):
+    with pytest.raises(DiffusionHeadError, match=r"python -m train distill.*\(ddpm, ddim\)"):
         load_head_for_sampler(tmp_path, "lcm")
     head = _head("teacher")
     with pytest.raises(DiffusionHeadError, match="retrain"):

@@ -2,13 +2,15 @@
 
 Tiny networks and a few steps: this checks that every stage connects (prepare, extract, fit,
 index, diffusion teacher, distillation, export, zip import, conversion with every sampler),
-not voice quality.
+not voice quality. A second ``run`` on a copy of the experiment (VITS, features and index
+already done) trains the EDM teacher with its CM and ACDD students.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -20,6 +22,7 @@ import torch
 
 from infer.audio import load_audio
 from infer.catalog import list_models
+from infer.diffusion.head import DiffusionHeadError, load_head
 from infer.diffusion.refine import RefineParams
 from infer.models import load_voice_model
 from infer.pipeline import ConvertParams, Resources, convert, load_voice
@@ -165,3 +168,70 @@ def test_rerunning_a_stage_resumes_instead_of_starting_over(trained: dict[str, P
         str(trained["pretrained"]),
     )
     assert "0 segments extracted" in proc.stderr and "cached" in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_edm(trained: dict[str, Path]) -> dict[str, Path]:
+    root = trained["root"]
+    work = root / "work_edm"
+    shutil.copytree(trained["work"], work, symlinks=True)
+    models = root / "models_edm"
+    _run(
+        "train", "run", "--name", "us1tiny", "--dataset", str(root / "dataset"), "--work-dir", str(work),
+        "--models-dir", str(models), "--pretrained-dir", str(trained["pretrained"]), "--size", "tiny",
+        "--sample-rate", "40000", "--f0-method", "pm", "--epochs", "2", "--batch-size", "2",
+        "--max-steps", "8", "--from-scratch", "--diffusion", "--diffusion-parameterisation", "edm",
+        "--cm", "--acdd", "--diffusion-max-steps", "6", "--cm-max-steps", "3", "--acdd-max-steps", "2",
+        "--workers", "1", "--no-report",
+    )  # fmt: skip
+    return {**trained, "work": work, "models": models}
+
+
+def test_edm_teacher_cm_and_acdd_train_export_import_and_convert(
+    trained_edm: dict[str, Path], tmp_path: Path
+) -> None:
+    work = trained_edm["work"]
+    assert list((work / "diffusion_edm").glob("ckpt_*.pt")) and list((work / "acdd").glob("ckpt_*.pt"))
+    heads = {"diffusion_teacher.pt": "teacher", "diffusion_cm.pt": "cm", "diffusion_acdd.pt": "acdd"}
+    for filename, kind in heads.items():
+        head = load_head(trained_edm["models"] / "us1tiny" / filename)
+        assert head.kind == kind and head.parameterisation == "edm"
+    assert load_head(trained_edm["models"] / "us1tiny" / "diffusion_acdd.pt").metadata["steps"] == 2
+    archive = work / "us1tiny.zip"
+    with zipfile.ZipFile(archive) as zf:
+        assert set(heads) <= set(zf.namelist())
+    fresh = tmp_path / "fresh_models"
+    _run("train", "import", str(archive), "--models-dir", str(fresh))
+    entry = list_models(fresh)[0]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        source = load_audio(VOICES_DIR / "us2" / "speech" / "003.flac", 16000)
+        voice = load_voice(entry.pth_path, entry.index_path)
+        resources = Resources(pretrained_dir=trained_edm["pretrained"])
+        outputs = {}
+        for sampler, steps in (("off", 1), ("edm", 2), ("cm", 1), ("acdd", 1)):
+            refine = None if sampler == "off" else RefineParams(sampler=sampler, steps=steps, start="shallow")
+            result = convert(
+                source, voice, ConvertParams(f0_method="pm", seed=0, refine=refine), resources=resources
+            )
+            assert abs(len(result.audio) / 40000 - len(source) / 16000) < 0.05
+            assert np.all(np.isfinite(result.audio)) and np.abs(result.audio).max() > 0
+            outputs[sampler] = result.audio
+        assert not np.array_equal(outputs["off"], outputs["acdd"])
+        with pytest.raises(DiffusionHeadError, match=r"edm-parameterised.*choose edm|choose edm"):
+            convert(
+                source,
+                voice,
+                ConvertParams(f0_method="pm", seed=0, refine=RefineParams(sampler="ddim")),
+                resources=resources,
+            )
+        with pytest.raises(DiffusionHeadError, match="python -m train distill"):
+            convert(
+                source,
+                voice,
+                ConvertParams(f0_method="pm", seed=0, refine=RefineParams(sampler="lcm")),
+                resources=resources,
+            )
+    finally:
+        torch.set_num_threads(threads)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m train run|prepare|extract|fit|index|diffusion|distill|export|report|import``.
+"""Command line: ``python -m train run|<stage>|report|import`` (stages: see ``STAGE_COMMANDS``).
 
 ``python -m train report NAME`` makes (or remakes) the report card of a trained experiment and
 exports the model again, so the model folder and the zip carry the new ``report.json``.
@@ -21,6 +21,7 @@ from infer.options import (
     F0_METHODS,
     MODEL_SIZES,
     MODEL_VERSIONS,
+    PARAMETERISATIONS,
     SLICE_MODES,
     TRAIN_STAGES,
     help_text,
@@ -81,6 +82,18 @@ def _add_settings(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--diffusion-max-steps", type=int, default=d("diffusion_max_steps"))
     p.add_argument("--distill-epochs", type=int, default=d("distill_epochs"))
     p.add_argument("--distill-max-steps", type=int, default=d("distill_max_steps"))
+    p.add_argument(
+        "--diffusion-parameterisation",
+        choices=names(PARAMETERISATIONS),
+        default=d("diffusion_parameterisation"),
+        help=help_text(PARAMETERISATIONS),
+    )
+    p.add_argument("--cm", dest="use_cm", action="store_true", default=None, help="consistency student (edm)")
+    p.add_argument("--acdd", dest="use_acdd", action="store_true", default=None, help="ACDD student (edm)")
+    p.add_argument("--cm-epochs", type=int, default=d("cm_epochs"))
+    p.add_argument("--cm-max-steps", type=int, default=d("cm_max_steps"))
+    p.add_argument("--acdd-epochs", type=int, default=d("acdd_epochs"))
+    p.add_argument("--acdd-max-steps", type=int, default=d("acdd_max_steps"))
     p.add_argument("--device", default=d("device"), help=f"{help_text(DEVICES)}; or cuda:N")
     p.add_argument("--workers", type=int, default=d("workers"))
     p.add_argument(
@@ -98,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="the whole chain: prepare, extract, fit, index, [diffusion, distill], export"
+        "run", help="the whole chain: prepare, extract, fit, index, [diffusion, distill, cm, acdd], export"
     )
     _add_common(run)
     _add_settings(run, defaults=True)

@@ -148,7 +148,8 @@ def teacher_fingerprint(head: DiffusionHead) -> str:
     """SHA-256 over the teacher's weights and configs (a resumed run must use the same teacher)."""
     digest = hashlib.sha256()
     digest.update(repr(sorted(head.denoiser_config.to_dict().items())).encode())
-    digest.update(repr(sorted(head.schedule_config.to_dict().items())).encode())
+    family = head.schedule_config if head.schedule_config is not None else head.edm_config()
+    digest.update(repr(sorted(family.to_dict().items())).encode())
     digest.update(repr(head.latent_scale).encode())
     for key in sorted(head.state_dict):
         tensor = head.state_dict[key].detach().float().cpu().contiguous()

@@ -29,8 +29,14 @@ from infer import rvc
 from infer.devices import resolve_device
 from infer.errors import TimbreError
 from infer.fsutil import atomic_write_text
-from infer.options import OFFLINE_CONTENT_ENCODER, TRAIN_STAGES, names
+from infer.options import (
+    EDM_PARAMETERISATION,
+    OFFLINE_CONTENT_ENCODER,
+    TRAIN_STAGES,
+    names,
+)
 from infer.progress import ProgressFn, StopFn, check_stop, report, sub_progress
+from train.diffusion_stages import exportable_heads, stage_acdd, stage_cm
 from train.settings import StageError, TrainSettings
 
 log = logging.getLogger(__name__)
@@ -342,15 +348,17 @@ def stage_diffusion(
 ) -> StageResult:
     """Train the teacher latent diffusion model on the trained voice's posterior latents."""
     from train.diffusion import DiffusionTrainer
+    from train.diffusion_edm import EDMTrainer
     from train.trainer import TrainerConfig
 
     dataset, synth_config = latent_dataset(
         settings, progress=sub_progress(progress, 0.0, 0.1), should_stop=should_stop
     )
     head_path = settings.work_dir / TEACHER_HEAD
-    trainer = DiffusionTrainer(
+    is_edm = settings.diffusion_parameterisation == EDM_PARAMETERISATION
+    trainer = (EDMTrainer if is_edm else DiffusionTrainer)(
         TrainerConfig(
-            run_dir=settings.work_dir / "diffusion",
+            run_dir=settings.work_dir / ("diffusion_edm" if is_edm else "diffusion"),
             epochs=settings.diffusion_epochs,
             save_every_epochs=max(1, settings.diffusion_epochs // 4),
             max_steps=settings.diffusion_max_steps,
@@ -366,8 +374,11 @@ def stage_diffusion(
     )
     trainer.resume()
     trainer.fit()
-    trainer.export_head()
-    return StageResult("diffusion", f"teacher head after {trainer.step} steps", {"head": str(head_path)})
+    trainer.export_head().save(head_path)  # also when a finished run is resumed
+    kind = settings.diffusion_parameterisation
+    return StageResult(
+        "diffusion", f"{kind} teacher head after {trainer.step} steps", {"head": str(head_path)}
+    )
 
 
 def stage_distill(
@@ -386,6 +397,12 @@ def stage_distill(
     teacher_path = settings.work_dir / TEACHER_HEAD
     if not teacher_path.is_file():
         raise StageError("distillation needs the teacher head: run the `diffusion` stage first")
+    teacher = load_head(teacher_path)
+    if teacher.parameterisation == EDM_PARAMETERISATION:
+        raise StageError(
+            "LCM distillation needs an eps teacher, but this experiment's teacher is EDM: use the cm or "
+            "acdd stage, or retrain it with `python -m train diffusion --diffusion-parameterisation eps`"
+        )
     cache = settings.work_dir / "latents.pt"
     if cache.is_file():
         dataset = LatentDataset.load(cache)
@@ -400,7 +417,7 @@ def stage_distill(
             max_steps=settings.distill_max_steps,
         ),
         dataset,
-        load_head(teacher_path),
+        teacher,
         device=_device(settings),
         head_path=head_path,
         head_metadata={"model": settings.name},
@@ -499,9 +516,8 @@ def stage_export(
         index = index_path(settings)
         if index is not None:
             shutil.copy2(index, staging / index.name)
-        for head in (TEACHER_HEAD, LCM_HEAD):
-            if (settings.work_dir / head).is_file():
-                shutil.copy2(settings.work_dir / head, staging / head)
+        for head in exportable_heads(settings.work_dir):
+            shutil.copy2(head, staging / head.name)
         if (settings.work_dir / "report.json").is_file():
             shutil.copy2(settings.work_dir / "report.json", staging / "report.json")
             from train.report import PREVIEW_DIRNAME
@@ -553,10 +569,12 @@ _STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
     "index": stage_index,
     "diffusion": stage_diffusion,
     "distill": stage_distill,
+    "cm": stage_cm,
+    "acdd": stage_acdd,
     "report": stage_report,
     "export": stage_export,
 }
-_WITH_METRICS = frozenset({"fit", "diffusion", "distill"})
+_WITH_METRICS = frozenset({"fit", "diffusion", "distill", "cm", "acdd"})
 
 
 def _prefixed_metrics(on_metrics: MetricsCallback | None, stage: str) -> MetricsCallback | None:
@@ -577,6 +595,10 @@ def stages_for_run(settings: TrainSettings) -> list[str]:
         chosen.append("diffusion")
     if settings.use_distillation:
         chosen.append("distill")
+    if settings.use_cm:
+        chosen.append("cm")
+    if settings.use_acdd:
+        chosen.append("acdd")
     if settings.use_report:
         chosen.append("report")
     chosen.append("export")
@@ -604,6 +626,8 @@ def run_stages(
         "index": 0.5,
         "diffusion": 4.0,
         "distill": 3.0,
+        "cm": 3.0,
+        "acdd": 3.0,
         "report": 2.0,
         "export": 0.3,
     }

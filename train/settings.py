@@ -16,11 +16,13 @@ from infer.errors import TimbreError
 from infer.fsutil import atomic_write_text
 from infer.options import (
     DEFAULT_CONTENT_ENCODER,
+    EDM_PARAMETERISATION,
     F0_METHODS,
     MODEL_SAMPLE_RATES_HZ,
     MODEL_SIZES,
     MODEL_VERSIONS,
     OFFLINE_CONTENT_ENCODER,
+    PARAMETERISATIONS,
 )
 from train.slicing import SliceConfig
 
@@ -28,8 +30,11 @@ TINY_ONLY_SAMPLE_RATE_HZ = 16000
 TRAIN_SAMPLE_RATES_HZ = (TINY_ONLY_SAMPLE_RATE_HZ, *MODEL_SAMPLE_RATES_HZ)
 """Rates a model can be trained at: RVC's presets, plus 16 kHz for tiny trial models."""
 MAX_WORKERS = 16
-_AT_LEAST_ONE = ("epochs", "batch_size", "save_every_epochs", "diffusion_epochs", "distill_epochs")
-_STEP_LIMITS = ("max_steps", "diffusion_max_steps", "distill_max_steps")
+_AT_LEAST_ONE = (
+    "epochs", "batch_size", "save_every_epochs", "diffusion_epochs", "distill_epochs",
+    "cm_epochs", "acdd_epochs",
+)  # fmt: skip
+_STEP_LIMITS = ("max_steps", "diffusion_max_steps", "distill_max_steps", "cm_max_steps", "acdd_max_steps")
 
 
 class StageError(TimbreError):
@@ -59,6 +64,10 @@ class TrainSettings:
             ``'tiny'``: tests, quick trials).
         use_diffusion: train the teacher diffusion head; use_distillation: then distil an LCM head.
         diffusion_epochs, distill_epochs: their schedules; diffusion_max_steps, distill_max_steps: caps.
+        diffusion_parameterisation: the teacher's ``'eps'`` (DDPM; students: LCM) or ``'edm'``
+            (Karras et al.; students: CM and ACDD).
+        use_cm, use_acdd: distil the EDM teacher into a consistency model / an ACDD student.
+        cm_epochs, cm_max_steps, acdd_epochs, acdd_max_steps: their schedules and caps.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``...
         workers: processes for slicing and F0 (1 to :data:`MAX_WORKERS`).
         use_report: hold out a few clips and make the report card before export.
@@ -87,6 +96,13 @@ class TrainSettings:
     diffusion_max_steps: int = 0
     distill_epochs: int = 10
     distill_max_steps: int = 0
+    diffusion_parameterisation: str = "eps"
+    use_cm: bool = False
+    use_acdd: bool = False
+    cm_epochs: int = 10
+    cm_max_steps: int = 0
+    acdd_epochs: int = 10
+    acdd_max_steps: int = 0
     device: str = "auto"
     workers: int = 2
     use_report: bool = True
@@ -156,6 +172,13 @@ def _problems(settings: TrainSettings) -> Iterator[str]:
         yield f"F0 method must be one of {', '.join(F0_METHODS)}, not {settings.f0_method!r}"
     if settings.use_distillation and not settings.use_diffusion:
         yield "distillation needs the diffusion head (the teacher): enable diffusion too"
+    if settings.diffusion_parameterisation not in PARAMETERISATIONS:
+        yield f"diffusion_parameterisation must be one of {', '.join(PARAMETERISATIONS)}"
+    is_edm = settings.diffusion_parameterisation == EDM_PARAMETERISATION
+    if settings.use_distillation and is_edm:
+        yield "LCM distillation needs an eps teacher; the EDM teacher's students are cm and acdd"
+    if (settings.use_cm or settings.use_acdd) and not (settings.use_diffusion and is_edm):
+        yield "the cm and acdd students need the EDM teacher: enable diffusion with edm"
     for key in _AT_LEAST_ONE:
         if getattr(settings, key) < 1:
             yield f"{key} must be at least 1"

@@ -2,33 +2,38 @@
 
 Two starts:
 
-* ``'noise'``: from pure noise at t = T (LCM-SVC);
+* ``'noise'``: from pure noise at t = T (LCM-SVC), or sigma_max for the EDM family;
 * ``'shallow'``: from the VITS prior + flow latent noised to ``strength * T`` (so-vits-svc 4.1's
-  shallow diffusion, FastVoiceGrad), which keeps the VITS result's structure.
+  shallow diffusion, FastVoiceGrad), which keeps the VITS result's structure. For the EDM family
+  (samplers ``edm``, ``cm``, ``acdd``) the level is ``sigma = EDMConfig.sigma_at(strength)``, the
+  point that far up the rho = 7 schedule; for ``acdd`` that level is the student's one knob.
 
 Guidance lives here, not in the samplers. A teacher runs classifier-free guidance
 (Ho & Salimans 2022, eq. 6 with the LCM paper's sign convention): ``eps = (1 + w) eps_cond - w
 eps_uncond``, both predictions from one batched forward (w = 0 runs the conditional pass only).
-An LCM student takes w as an input, one network evaluation per step.
+An LCM student takes w as an input, one network evaluation per step. The EDM family guides the
+denoiser output the same way, ``(1 + w) D_cond - w D_uncond`` (:func:`~infer.diffusion.edm.guided_denoise`).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 
 import torch
 from torch import Tensor
 
 from infer.diffusion.denoiser import Denoiser
-from infer.diffusion.head import DiffusionHead, DiffusionHeadError, head_kind_for_sampler
+from infer.diffusion.edm import Conditions, HeunSampler, guided_denoise
+from infer.diffusion.head import DiffusionHead, check_head_for_sampler
 from infer.diffusion.schedulers import make_sampler
 from infer.errors import TimbreError
-from infer.options import LCM_HEAD
+from infer.options import CM_HEAD, EDM_PARAMETERISATION
 from infer.progress import ProgressFn, StopFn, check_stop, report
 from infer.refine_params import RefineParams
 
-__all__ = ["RefineError", "RefineParams", "guided_eps", "refine"]
+__all__ = ["RefineError", "RefineParams", "guided_eps", "network_evaluations", "refine"]
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +121,7 @@ def refine(
     """Sample a decoder latent z with ``head``.
 
     Args:
-        head: a ``'teacher'`` head for ``ddpm``/``ddim``, an ``'lcm'`` head for ``lcm``.
+        head: the head ``params.sampler`` needs (:func:`~infer.diffusion.head.check_head_for_sampler`).
         x: (B, T, content_dim) content features at the latent frame rate (after retrieval blending).
         f0_hz: (B, T) float f0 in Hz, 0 when unvoiced.
         e: (B, gin, 1) speaker embedding (the synthesizer's ``speaker_embedding(sid)``).
@@ -135,20 +140,15 @@ def refine(
         DiffusionHeadError: the head's kind does not fit the sampler.
         RefineError: the inputs do not fit the head or each other.
     """
-    needed = head_kind_for_sampler(params.sampler)
-    if head.kind != needed:
-        if needed == LCM_HEAD:
-            raise DiffusionHeadError(
-                "the lcm sampler needs a distilled LCM head (diffusion_lcm.pt) but this is the teacher; run "
-                "`python -m train distill` or choose the ddpm/ddim sampler"
-            )
-        raise DiffusionHeadError(
-            f"the {params.sampler} sampler needs the teacher head (diffusion_teacher.pt) but this is a "
-            "distilled LCM head; choose the lcm sampler"
-        )
+    check_head_for_sampler(head, params.sampler)
     _check_inputs(head, x, f0_hz, e, x_mask, z_init)
     if params.start == "shallow" and z_init is None:
         raise RefineError("start='shallow' needs z_init, the VITS prior + flow latent (B, C, T)")
+    if denoiser is None:
+        denoiser = head.build_denoiser(x.device)
+    if head.parameterisation == EDM_PARAMETERISATION:
+        cond = Conditions(x.float(), f0_hz.float(), e.float(), x_mask.float())
+        return _refine_edm(head, denoiser, cond, params, z_init, progress, should_stop)
     if head.consistency is not None and not (
         head.consistency.guidance_min - 1e-6 <= params.guidance_weight <= head.consistency.guidance_max + 1e-6
     ):
@@ -157,8 +157,6 @@ def refine(
             f"{head.consistency.guidance_max}], got {params.guidance_weight}"
         )
     device = x.device
-    if denoiser is None:
-        denoiser = head.build_denoiser(device)
     schedule = head.schedule()
     sampler = make_sampler(params.sampler, schedule, head.consistency)
     T = schedule.num_train_timesteps
@@ -204,4 +202,88 @@ def refine(
         sample = sampler.step(eps.float(), t, t_prev, sample, generator=generator).prev_sample * mask
         report(progress, (i + 1) / n_steps, f"{params.sampler} step {i + 1}/{n_steps}")
     log.debug("refined %s latent with %s, %d steps, w=%.2f", tuple(shape), params.sampler, n_steps, w)
+    return sample / head.latent_scale
+
+
+def network_evaluations(params: RefineParams, *, num_train_timesteps: int = 1000) -> int:
+    """Denoiser evaluations of one refine call (a guided teacher's batched pair counts once).
+
+    For the shallow start DDPM/DDIM steps are capped at ``strength * T`` (and LCM's at the grid
+    points below it, which this count does not model: pass what the head allows).
+    """
+    if params.sampler == "edm":
+        return HeunSampler.evaluations(params.steps)
+    if params.sampler in ("ddpm", "ddim") and params.start == "shallow":
+        return min(params.steps, max(1, round(params.strength * num_train_timesteps)))
+    return params.steps
+
+
+def _start_sigma(head: DiffusionHead, params: RefineParams) -> float:
+    config = head.edm_config()
+    return config.sigma_max if params.start == "noise" else config.sigma_at(params.strength)
+
+
+def _refine_edm(
+    head: DiffusionHead,
+    denoiser: Denoiser,
+    cond: Conditions,
+    params: RefineParams,
+    z_init: Tensor | None,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> Tensor:
+    """The EDM family: Heun steps of an EDM teacher, consistency steps of a CM, ACDD's one step.
+
+    * ``edm``: Karras et al. Algorithm 1 over ``karras_sigmas(steps, sigma_start)``;
+    * ``cm``: Song et al. 2023, Algorithm 1 (multistep consistency sampling):
+      ``z <- f(x, sigma_0)``, then per later level ``x = z + sqrt(sigma^2 - sigma_min^2) n`` and
+      ``z <- f(x, sigma)``;
+    * ``acdd``: ``z = D_student(x, sigma_start)``, one evaluation.
+
+    ``x`` starts at ``z_init * scale + sigma_start n`` (shallow) or ``sigma_max n`` (noise).
+    """
+    config = head.edm_config()
+    mask = cond.mask
+    device = mask.device
+    generator = torch.Generator(device=device)
+    if params.seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(params.seed)
+    shape = (mask.shape[0], head.denoiser_config.latent_channels, mask.shape[-1])
+    sigma_start = _start_sigma(head, params)
+    noise = torch.randn(shape, generator=generator, device=device)
+    if params.start == "shallow":
+        assert z_init is not None
+        sample = (z_init.float() * head.latent_scale + sigma_start * noise) * mask
+    else:
+        sample = noise * sigma_start * mask
+    w = params.guidance_weight
+    use_boundary = head.kind == CM_HEAD
+
+    def denoise(x: Tensor, sigma: Tensor) -> Tensor:
+        return guided_denoise(denoiser, x, sigma, cond, config, w, use_boundary=use_boundary).float()
+
+    batch = shape[0]
+    if params.sampler == "edm":
+        heun = HeunSampler(config)
+        sigmas = heun.sigmas(params.steps, sigma_start)
+        for i, (sigma, sigma_next) in enumerate(itertools.pairwise(sigmas)):
+            check_stop(should_stop)
+            sample = heun.step(denoise, sigma, sigma_next, sample) * mask
+            report(progress, (i + 1) / params.steps, f"edm step {i + 1}/{params.steps}")
+    elif params.sampler == "cm":
+        levels = HeunSampler(config).sigmas(params.steps, sigma_start)[:-1]
+        for i, sigma in enumerate(levels):
+            check_stop(should_stop)
+            if i > 0:
+                fresh = torch.randn(shape, generator=generator, device=device)
+                sample = sample + math.sqrt(max(sigma**2 - config.sigma_min**2, 0.0)) * fresh * mask
+            sample = denoise(sample, torch.full((batch,), sigma, dtype=torch.float64)) * mask
+            report(progress, (i + 1) / len(levels), f"cm step {i + 1}/{len(levels)}")
+    else:
+        check_stop(should_stop)
+        sample = denoise(sample, torch.full((batch,), sigma_start, dtype=torch.float64)) * mask
+        report(progress, 1.0, "acdd step 1/1")
+    log.debug("refined %s latent with %s from sigma %.3g, w=%.2f", shape, params.sampler, sigma_start, w)
     return sample / head.latent_scale
