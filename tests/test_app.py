@@ -44,7 +44,8 @@ EXPECTED_API_NAMES = {
     "/pretrained_status", "/list_jobs",
     "/job_status", "/cancel_job", "/resume_job", "/list_models", "/rename_model", "/delete_model",
     "/export_model", "/import_model", "/asset_status", "/download_asset", "/cancel_download", "/device_info",
-    "/jobs_selftest",
+    "/jobs_selftest", "/train_cm", "/train_acdd", "/cover", "/separate", "/cancel_cover", "/stem_cache",
+    "/clear_stem_cache",
 }  # fmt: skip
 CONVERT_DEFAULTS = [0, "auto", 0.75, 3, 0.25, 0.33, "model", 0, "off", 4, 0.0, "shallow", 0.5, "cpu", "auto"]
 # The Train tab's inputs after (experiment, rate, version, use_f0, size, uploads, folder), in order.
@@ -67,6 +68,13 @@ TRAIN_FIELDS = {
     "distill_max_steps": 0,
     "workers": 1,
     "use_report": False,
+    "diffusion_parameterisation": "eps",
+    "use_cm": False,
+    "use_acdd": False,
+    "cm_epochs": 10,
+    "cm_max_steps": 0,
+    "acdd_epochs": 10,
+    "acdd_max_steps": 0,
 }
 
 

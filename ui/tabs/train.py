@@ -12,9 +12,11 @@ from infer.options import (
     MODEL_SAMPLE_RATES_HZ,
     MODEL_SIZES,
     MODEL_VERSIONS,
+    PARAMETERISATIONS,
     RUN_ALL,
     SLICE_MODES,
     TRAIN_STAGES,
+    help_text,
     names,
 )
 from train.settings import MAX_WORKERS
@@ -24,7 +26,7 @@ from ui.views import JOB_TABLE_HEADERS, job_status_markdown, metrics_frame
 
 POLL_INTERVAL_S = 2.0
 SIZE_LABELS = {"full": "full (RVC networks)", "tiny": "tiny (quick trial)"}
-STAGE_BUTTON_LABELS = {"fit": "Train", "distill": "Distil"}
+STAGE_BUTTON_LABELS = {"fit": "Train", "distill": "Distil", "cm": "CM", "acdd": "ACDD"}
 """Button words where the stage's name is not the word the page uses (else the capitalised name)."""
 PRETRAINED_FIELDS = ("sample_rate", "version", "use_f0", "size", "use_pretrained", "f0_method")
 
@@ -68,6 +70,15 @@ def _settings_form(start: dict[str, Any]) -> Form:
             label="Report card (hold out clips, score checkpoints)",
             elem_id="train-report-card",
         )
+    with gr.Row():
+        parameterisation = gr.Radio(
+            names(PARAMETERISATIONS),
+            value=start["diffusion_parameterisation"],
+            label=f"Diffusion teacher ({help_text(PARAMETERISATIONS)})",
+            elem_id="train-parameterisation",
+        )
+        use_cm = gr.Checkbox(value=start["use_cm"], label="Consistency student (edm teacher, 1 step)")
+        use_acdd = gr.Checkbox(value=start["use_acdd"], label="ACDD student (edm teacher, 1 step)")
     with gr.Accordion("Slicing and F0", open=False, elem_id="train-slicing"):
         with gr.Row():
             slice_mode = gr.Dropdown(names(SLICE_MODES), value=start["slice_mode"], label="Slicing")
@@ -130,6 +141,16 @@ def _settings_form(start: dict[str, Any]) -> Form:
                 label="Distillation max steps",
                 elem_id="train-lcm-steps",
             )
+        with gr.Row():
+            cm_epochs = gr.Slider(1, 500, value=start["cm_epochs"], step=1, label="Consistency epochs")
+            cm_max_steps = gr.Number(
+                start["cm_max_steps"], precision=0, minimum=0, label="Consistency max steps"
+            )
+        with gr.Row():
+            acdd_epochs = gr.Slider(1, 500, value=start["acdd_epochs"], step=1, label="ACDD epochs")
+            acdd_max_steps = gr.Number(
+                start["acdd_max_steps"], precision=0, minimum=0, label="ACDD max steps"
+            )
         workers = gr.Slider(
             1,
             MAX_WORKERS,
@@ -166,6 +187,13 @@ def _settings_form(start: dict[str, Any]) -> Form:
             "distill_max_steps": distill_max_steps,
             "workers": workers,
             "use_report": use_report,
+            "diffusion_parameterisation": parameterisation,
+            "use_cm": use_cm,
+            "use_acdd": use_acdd,
+            "cm_epochs": cm_epochs,
+            "cm_max_steps": cm_max_steps,
+            "acdd_epochs": acdd_epochs,
+            "acdd_max_steps": acdd_max_steps,
         }
     )
 
