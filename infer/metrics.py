@@ -433,8 +433,7 @@ def measure(
     output_audio: np.ndarray,
     output_sr: int,
     *,
-    source_audio: np.ndarray | None = None,
-    source_sr: int | None = None,
+    source: tuple[np.ndarray, int] | None = None,
     target_voice_embedding: np.ndarray | None = None,
     source_f0_hz: np.ndarray | None = None,
     f0_shift_semitones: float = 0.0,
@@ -454,11 +453,10 @@ def measure(
     Args:
         output_audio: (L,) converted audio.
         output_sr: its rate in Hz.
-        source_audio: (L',) the audio that was converted.
-        source_sr: its rate in Hz (required with ``source_audio``).
+        source: ``(audio, sample_rate)`` of the audio that was converted, (L',) samples.
         target_voice_embedding: (256,) d-vector of the training voice (:func:`speaker_embedding`).
         source_f0_hz: source F0 at 100 frames/s before the key shift; extracted from
-            ``source_audio`` with ``pitch_method`` when None.
+            ``source`` with ``pitch_method`` when None.
         f0_shift_semitones: the conversion's key shift.
         source_text: what the source says; the source audio's transcription when None.
         pitch_method: F0 method (``infer.pitch``) for the output (and source) tracks.
@@ -472,12 +470,11 @@ def measure(
     """
     from infer.audio import resample
 
-    if source_audio is not None and source_sr is None:
-        raise ValueError("source_sr is required with source_audio")
     output = _mono(output_audio).astype(np.float32)
     output_16k = resample(output, output_sr, SAMPLE_RATE_HZ)
     source_16k = None
-    if source_audio is not None and source_sr is not None:
+    if source is not None:
+        source_audio, source_sr = source
         source_16k = resample(_mono(source_audio).astype(np.float32), source_sr, SAMPLE_RATE_HZ)
     values: dict[str, Any] = {
         "duration_s": output.shape[0] / output_sr,

@@ -134,5 +134,3 @@ def test_apply_protect_mask_semantics() -> None:
 def test_apply_protect_rejects_mismatched_shapes() -> None:
     with pytest.raises(ValueError, match="pitchf shape"):
         dsp.apply_protect(np.zeros((4, 2)), np.zeros((4, 2)), np.zeros(5), 0.3)
-
-

@@ -150,8 +150,7 @@ def test_measure_identity_conversion(
     result = M.measure(
         audio_32k,
         32000,
-        source_audio=audio_16k,
-        source_sr=16000,
+        source=(audio_16k, 16000),
         target_voice_embedding=embeddings["kal"],
         source_text=text,
         progress=lambda fraction, _message: fractions.append(fraction),
