@@ -342,3 +342,19 @@ def test_separate_file_cancel_writes_nothing(tmp_path: Path) -> None:
             should_stop=lambda: True,
         )
     assert not (tmp_path / "out").exists() and list_stem_cache(tmp_path / "c") == []
+
+
+@pytest.mark.parametrize("source", [EDGE / "stereo_44k.wav", MIXTURES / "mix_us2_drums.flac"])
+def test_file_separation_streams_to_the_same_stems_as_in_memory(source: Path, tmp_path: Path) -> None:
+    """separate_file (chunked, on disk) equals Separator.separate on the whole array, up to 16-bit."""
+    engine = get_separator("spleeter-2stems")
+    written = separate_file(source, tmp_path / "out", engine, cache_dir=tmp_path / "c")
+    data, rate = soundfile.read(source, dtype="float32", always_2d=True)
+    stems = engine.separate(data.T, rate)
+    vocals, _ = soundfile.read(written.vocals, dtype="float32", always_2d=True)
+    instrumental, _ = soundfile.read(written.instrumental, dtype="float32", always_2d=True)
+    assert vocals.shape == instrumental.shape == data.shape
+    # 16-bit output and, for the 16 kHz mixture, ffmpeg's resampler instead of soxr's Python one
+    tolerance = 2e-3 if rate == engine.sample_rate else 2e-2
+    assert np.abs(vocals - stems.vocals.T).max() < tolerance
+    np.testing.assert_allclose(vocals + instrumental, data, atol=2 / 32768)

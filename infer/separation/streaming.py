@@ -1,9 +1,9 @@
 """File-to-file separation in bounded memory: a 10-minute song costs what a 1-minute one does.
 
-The song is decoded by ffmpeg into a temporary float WAV, converted (by ffmpeg, when needed) to
-the network's rate in stereo, and separated chunk by chunk: each chunk's vocal estimate is
-weighted by :func:`~infer.separation.base.crossfade_window` and finished samples are written out
-as soon as the next chunk has covered its overlap. The vocals go back to the song's rate and
+The song is decoded by ffmpeg into a temporary float WAV, resampled (by ffmpeg, when needed) to
+the network's rate, and separated chunk by chunk (a mono song on both channels): each chunk's
+vocal estimate is weighted by :func:`~infer.separation.base.crossfade_window` and finished
+samples are written out as soon as the next chunk has covered its overlap. The vocals go back to the song's rate and
 channels the same way, and a last pass writes ``vocals`` and ``instrumental = song - vocals``.
 Only a few chunks of audio are ever in memory; the rest lives in temporary files (in the
 system's temporary folder) until both outputs are complete and moved into place, so a failure
@@ -87,7 +87,7 @@ def _chunked_vocals(
     progress: ProgressFn | None,
     should_stop: StopFn | None,
 ) -> None:
-    """Overlap-add the network over a stereo WAV at its rate, streaming the vocals into ``out_path``."""
+    """Overlap-add the network over a WAV at its rate, streaming the stereo vocals into ``out_path``."""
     chunk, overlap = engine.chunk_samples, engine.overlap_samples
     hop = chunk - overlap
     window = torch.from_numpy(crossfade_window(chunk, overlap))
@@ -105,7 +105,8 @@ def _chunked_vocals(
             lo, hi = max(start, 0), min(start + chunk, n)
             if hi > lo:
                 src.seek(lo)
-                piece[:, lo - start : hi - start] = src.read(hi - lo, dtype="float32", always_2d=True).T
+                frames = src.read(hi - lo, dtype="float32", always_2d=True).T
+                piece[:, lo - start : hi - start] = frames  # a mono song plays on both channels
             with torch.inference_mode():
                 estimate = (engine.vocals_of_chunk(torch.from_numpy(piece).to(engine.device)).float().cpu()
                             * window).numpy()  # fmt: skip
@@ -118,12 +119,15 @@ def _chunked_vocals(
             report(progress, (index + 1) / count, f"separating: chunk {index + 1} of {count}")
 
 
-def _convert(source: Path, target: Path, sample_rate: int, channels: int) -> Path:
-    """``source`` as a float WAV at ``sample_rate`` with ``channels`` (ffmpeg's soxr resampler)."""
-    info = sf.info(str(source))
-    if info.samplerate == sample_rate and info.channels == channels:
+def _resampled(source: Path, target: Path, sample_rate: int) -> Path:
+    """``source`` as a float WAV at ``sample_rate``, channels kept (ffmpeg's SoX resampler).
+
+    Channels are never remixed by ffmpeg: its mono/stereo matrices change the level (a mono
+    input comes out 3 dB down on each side), so up- and down-mixing happen here, exactly.
+    """
+    if sf.info(str(source)).samplerate == sample_rate:
         return source
-    decode_to_wav(source, target, sample_rate=sample_rate, channels=channels)
+    decode_to_wav(source, target, sample_rate=sample_rate)
     return target
 
 
@@ -144,6 +148,8 @@ def _write_stems(
     ):
         for mix in song.blocks(blocksize=BLOCK_SAMPLES, dtype="float32", always_2d=True):
             voice = vocals.read(mix.shape[0], dtype="float32", always_2d=True)
+            if channels == 1:
+                voice = voice.mean(axis=1, keepdims=True)
             if voice.shape[0] < mix.shape[0]:  # the resampler may end a few samples short
                 voice = np.pad(voice, ((0, mix.shape[0] - voice.shape[0]), (0, 0)))
             rest = mix - voice
@@ -173,10 +179,10 @@ def separate_to_files(
         report(progress, 0.0, "reading the song")
         song = decode_to_wav(source, work / "song.wav")
         rate, channels = _check_song(song, source)
-        stereo = _convert(song, work / "model.wav", engine.sample_rate, 2)
+        at_model_rate = _resampled(song, work / "model.wav", engine.sample_rate)
         vocals_model = work / "vocals_model.wav"
-        _chunked_vocals(engine, stereo, vocals_model, sub_progress(progress, 0.05, 0.9), should_stop)
-        vocals = _convert(vocals_model, work / "vocals.wav", rate, channels)
+        _chunked_vocals(engine, at_model_rate, vocals_model, sub_progress(progress, 0.05, 0.9), should_stop)
+        vocals = _resampled(vocals_model, work / "vocals.wav", rate)
         check_stop(should_stop)
         report(progress, 0.92, "writing the stems")
         staged = (work / "vocals.flac", work / "instrumental.flac")
