@@ -3,8 +3,9 @@
 The song is decoded by ffmpeg into a temporary float WAV, resampled (by ffmpeg, when needed) to
 the network's rate, and separated chunk by chunk (a mono song on both channels): each chunk's
 vocal estimate is weighted by :func:`~infer.separation.base.crossfade_window` and finished
-samples are written out as soon as the next chunk has covered its overlap. The vocals go back to the song's rate and
-channels the same way, and a last pass writes ``vocals`` and ``instrumental = song - vocals``.
+samples are written out as soon as the next chunk has covered its overlap. The vocals go back to
+the song's rate and channels the same way, and a last pass writes ``vocals`` and
+``instrumental = song - vocals``.
 Only a few chunks of audio are ever in memory; the rest lives in temporary files (in the
 system's temporary folder) until both outputs are complete and moved into place, so a failure
 leaves no partial output.
