@@ -1,5 +1,7 @@
 """Audio load, save, resample and input checks.
 
+Size: decode, inspect and save share ffmpeg's invocation and its error mapping.
+
 Contract: audio inside Timbre is a float32 numpy array, (L,) mono or (L, C), in the source's own
 scale (nominally [-1, 1]; float files may exceed it and are never clipped on load).
 

@@ -1,4 +1,7 @@
-"""Voice-model bundle: config + weights + metadata, and the one adapter for RVC's file layouts.
+"""Voice-model bundle: config + weights + metadata, read from and written to RVC's file layouts.
+
+Size: every RVC / Applio / Timbre file variant is read and checked here, in one place (the
+layout tables live in :mod:`infer.rvc`).
 
 Files read by :func:`load_voice_model`:
 

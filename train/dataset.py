@@ -1,5 +1,8 @@
 """Training data: gather audio from a folder, a file list or a zip; check it; slice it RVC's way.
 
+Size: ingest (folders, lists, zips), checks and the resumable slicer share one manifest and
+one state file.
+
 :func:`collect_dataset` finds and decodes every clip, skips what cannot be used (with the reason)
 and writes a report (``dataset.json`` in the work folder). :func:`prepare_dataset` cuts the clips
 into segments with :mod:`train.slicing` and writes RVC's folders ``0_gt_wavs/`` (model rate) and

@@ -1,5 +1,8 @@
 """Teacher latent diffusion model training (issue 5, LCM-SVC's LDM) and its latent dataset.
 
+Size: the teacher's configs, latent dataset and trainer, with helpers the distillation
+modules import; to be split when a further trainer needs them.
+
 The data are per-utterance tensors at the synthesizer's frame rate: the clean latent z0 (the VITS
 posterior encoder's output for the utterance's linear spectrogram), the content features x, f0 in
 Hz and the speaker embedding e. :func:`build_latent_dataset` computes z0 with an encoder callable;

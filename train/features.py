@@ -1,5 +1,7 @@
 """Training features: RVC's F0 and content features per prepared 16 kHz segment, cached on disk.
 
+Size: one resumable extraction (cache, state file, process pool); its tasks are small.
+
 For every segment ``<work_dir>/1_16k_wavs/<name>.wav`` (written by :mod:`train.dataset`):
 
 * ``2a_f0/<name>.npy``: coarse pitch, (P,) int64 in 1..255 (pitch models only);

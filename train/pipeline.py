@@ -1,5 +1,7 @@
 """The training chain as stages: prepare, extract, fit, index, [diffusion, distill], [report], export.
 
+Size: one short function per stage and the chain that runs them, all on one settings record.
+
 Every stage reads and writes one experiment folder (``work_dir``) and is resumable on its own:
 running a stage again skips what is already done (prepare and extract by source keys, fit and
 the diffusion stages from their checkpoints). The studio's job worker and ``python -m train``

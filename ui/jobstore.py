@@ -1,5 +1,7 @@
 """The job store: jobs, their metrics and log lines in one SQLite file (no model code, no Gradio).
 
+Size: one SQLite schema and every query on it, kept together as one contract.
+
 See :mod:`ui.jobs` for the worker that runs them.
 
 The store is one SQLite file (WAL mode) that the web app and every worker open on their own,

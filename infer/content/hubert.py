@@ -1,5 +1,8 @@
 """HuBERT / ContentVec content encoder in plain torch (no fairseq, no transformers).
 
+Size: the fairseq-layout network and its three readers (fairseq, transformers, Timbre), which
+must agree key by key.
+
 Module names follow fairseq's ``HubertModel``, so the ``['model']`` state dict of
 ``hubert_base.pt`` (ContentVec uses the same layout) loads with ``load_state_dict(strict=True)``
 after two listed changes: the positional conv's weight norm is folded into one ``weight``

