@@ -122,6 +122,9 @@ OUTPUT_SAMPLE_RATES_HZ = (0, 16000, 22050, 32000, 40000, 44100, 48000)
 
 MODEL_SAMPLE_RATES_HZ = (32000, 40000, 48000)
 """Sample rates RVC's synthesizer presets (and pretrained base files) exist for."""
+TINY_SAMPLE_RATE_HZ = 16000
+"""The extra rate tiny trial models may be trained at."""
+TRAIN_SAMPLE_RATES_HZ = (TINY_SAMPLE_RATE_HZ, *MODEL_SAMPLE_RATES_HZ)
 
 MODEL_VERSIONS: dict[str, Choice] = _table(
     Choice("v1", "RVC v1 layout: 256-d content (HuBERT layer 9 + final_proj)"),

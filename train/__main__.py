@@ -23,11 +23,12 @@ from infer.options import (
     MODEL_VERSIONS,
     PARAMETERISATIONS,
     SLICE_MODES,
+    TRAIN_SAMPLE_RATES_HZ,
     TRAIN_STAGES,
     help_text,
     names,
 )
-from train.settings import TRAIN_SAMPLE_RATES_HZ, TrainSettings
+from train.settings import TrainSettings
 
 log = logging.getLogger("train")
 

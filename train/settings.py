@@ -23,12 +23,10 @@ from infer.options import (
     MODEL_VERSIONS,
     OFFLINE_CONTENT_ENCODER,
     PARAMETERISATIONS,
+    TRAIN_SAMPLE_RATES_HZ,
 )
 from train.slicing import SliceConfig
 
-TINY_ONLY_SAMPLE_RATE_HZ = 16000
-TRAIN_SAMPLE_RATES_HZ = (TINY_ONLY_SAMPLE_RATE_HZ, *MODEL_SAMPLE_RATES_HZ)
-"""Rates a model can be trained at: RVC's presets, plus 16 kHz for tiny trial models."""
 MAX_WORKERS = 16
 _AT_LEAST_ONE = (
     "epochs", "batch_size", "save_every_epochs", "diffusion_epochs", "distill_epochs",

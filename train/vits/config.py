@@ -10,7 +10,15 @@ from typing import Any
 from infer import rvc
 from infer.nn.configs import ConfigError, check_config_keys
 from infer.nn.discriminators import DiscriminatorConfig, MultiPeriodDiscriminator
-from infer.options import BUCKETINGS, MODEL_SIZES, TRAIN_PRECISIONS, names
+from infer.options import (
+    BUCKETINGS,
+    DEVICES,
+    MODEL_SAMPLE_RATES_HZ,
+    MODEL_SIZES,
+    TRAIN_PRECISIONS,
+    TRAIN_SAMPLE_RATES_HZ,
+    names,
+)
 from infer.synthesizer import SynthConfig, Synthesizer
 from train.mel import SpectrogramConfig
 
@@ -134,7 +142,7 @@ class VitsTrainConfig:
             raise bad(f"version must be one of {rvc.versions()}, got {self.version!r}")
         if self.size not in MODEL_SIZES:
             raise bad(f"size must be one of {names(MODEL_SIZES)}, got {self.size!r}")
-        allowed_rates = (16000, 32000, 40000, 48000) if self.size == "tiny" else (32000, 40000, 48000)
+        allowed_rates = TRAIN_SAMPLE_RATES_HZ if self.size == "tiny" else MODEL_SAMPLE_RATES_HZ
         if self.sample_rate not in allowed_rates:
             raise bad(
                 f"sample_rate must be one of {allowed_rates} for size {self.size!r}, got {self.sample_rate}"
@@ -178,8 +186,8 @@ class VitsTrainConfig:
             raise bad(f"bucketing must be one of {names(BUCKETINGS)}, got {self.bucketing!r}")
         if self.precision not in TRAIN_PRECISIONS:
             raise bad(f"precision must be one of {names(TRAIN_PRECISIONS)}, got {self.precision!r}")
-        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
-            raise bad(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {self.device!r}")
+        if not (self.device in DEVICES or self.device.startswith("cuda:")):
+            raise bad(f"device must be one of {names(DEVICES)} or 'cuda:N', got {self.device!r}")
         hop = self.spectrogram.hop_length
         if self.segment_size is not None:
             if isinstance(self.segment_size, bool) or not isinstance(self.segment_size, int):

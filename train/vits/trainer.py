@@ -66,15 +66,16 @@ def _distributed() -> tuple[int, int, int]:
 
 
 def _pick_device(config: VitsTrainConfig, local_rank: int, world_size: int) -> torch.device:
-    wanted = config.device
-    if wanted == "auto":
-        wanted = "cuda" if torch.cuda.is_available() else "cpu"
-    if wanted.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise ConfigError(f"device {config.device!r} was asked for but CUDA is not available; use 'cpu'")
-        if world_size > 1 or wanted == "cuda":
-            return torch.device("cuda", local_rank if world_size > 1 else torch.cuda.current_device())
-    return torch.device(wanted)
+    """The one device resolver's choice; under torchrun each process takes its local GPU."""
+    from infer.devices import DeviceError, resolve_device
+
+    try:
+        device = resolve_device(config.device)
+    except DeviceError as exc:
+        raise ConfigError(str(exc)) from exc
+    if device.type == "cuda" and world_size > 1:
+        return torch.device("cuda", local_rank)
+    return device
 
 
 def _grad_norm(parameters: Sequence[nn.Parameter], max_norm: float | None) -> Tensor:
