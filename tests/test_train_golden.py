@@ -459,3 +459,36 @@ def test_train_golden_fails_without_adamws_weight_decay(case: str, tmp_path: Pat
     check_losses(wrong.trace.losses, golden)  # the step itself is the same...
     with pytest.raises(AssertionError, match="off"):
         check_after_step(_params(wrong.trainer), golden)  # ...the update is not
+
+
+@pytest.mark.slow
+def test_train_golden_runs_unchanged_on_another_directory(tmp_path: Path) -> None:
+    """The same tests, pointed at a copy of the cases under another name, discover and pass it."""
+    import shutil
+    import subprocess
+    import sys
+
+    renamed = tmp_path / "other_fixtures"
+    renamed.mkdir()
+    for case in CASES:
+        for path in TRAIN_GOLDEN_DIR.iterdir():
+            if case in path.name:
+                shutil.copy(path, renamed / path.name.replace(case, f"copy_of_{case}"))
+    for path in TRAIN_GOLDEN_DIR.iterdir():
+        if not any(case in path.name for case in CASES):
+            shutil.copy(path, renamed / path.name)
+    env = {**os.environ, "TIMBRE_TRAIN_FIXTURES_DIR": str(renamed)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "train_golden and not another",
+         "--collect-only", str(Path(__file__))],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert all(f"copy_of_{case}" in proc.stdout for case in CASES), proc.stdout[-2000:]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "train_golden and not another",
+         str(Path(__file__))],
+        capture_output=True, text=True, env=env, timeout=900, check=False,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stdout[-3000:]
+    assert " passed" in run.stdout and " failed" not in run.stdout
