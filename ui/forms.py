@@ -10,6 +10,7 @@ imports Gradio.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import secrets
 import shutil
@@ -33,6 +34,7 @@ from infer.options import (
 )
 from infer.params import ConvertParams, convert_params_from_form
 from infer.refine_params import RefineParams
+from train.dataset import DatasetLimits
 from train.settings import TrainSettings
 from ui.views import safe_stem
 
@@ -54,9 +56,8 @@ _NUMBER_TYPES = {"pitch_shift_semitones": float, "index_rate": float, "filter_ra
 _NUMBER_TYPES |= {"rms_mix_rate": float, "protect": float, "speaker_id": int, "steps": int}
 _NUMBER_TYPES |= {"guidance_weight": float, "refine_strength": float}
 STAGES_NEEDING_DATA = ("prepare", RUN_ALL)
-DATASET_ZIP_MAX_BYTES = 4 << 30
-DATASET_ZIP_MAX_FILES = 10_000
-DATASET_ZIP_MAX_MEMBER_BYTES = 1 << 30
+DATASET_LIMITS = DatasetLimits()
+"""Uploaded zips unpack under the limits prepare applies (so nothing is unpacked only to be refused)."""
 
 
 class StudioError(TimbreError):
@@ -268,6 +269,7 @@ def stage_dataset_uploads(uploads: Sequence[str | Path], dest_root: Path) -> lis
     Returns the copied files and unpacked folders. A 0-byte file, a zip without audio or an unsafe
     zip (``../`` names, links, sizes over the limits) is an error and leaves nothing behind.
     """
+    from infer.fsutil import check_free_space
     from infer.options import AUDIO_SUFFIXES
     from infer.ziputil import safe_extract_zip
 
@@ -278,6 +280,7 @@ def stage_dataset_uploads(uploads: Sequence[str | Path], dest_root: Path) -> lis
     if not files:
         return []
     dest = dest_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    created = [p for p in (dest_root, *dest_root.parents) if not p.exists()]
     dest.mkdir(parents=True)
     staged: list[Path] = []
     try:
@@ -286,9 +289,9 @@ def stage_dataset_uploads(uploads: Sequence[str | Path], dest_root: Path) -> lis
                 result = safe_extract_zip(
                     path,
                     dest / f"{number:03d}_{safe_stem(path.name)}",
-                    max_total_bytes=DATASET_ZIP_MAX_BYTES,
-                    max_files=DATASET_ZIP_MAX_FILES,
-                    max_member_bytes=DATASET_ZIP_MAX_MEMBER_BYTES,
+                    max_total_bytes=DATASET_LIMITS.max_total_bytes,
+                    max_files=DATASET_LIMITS.max_files,
+                    max_member_bytes=DATASET_LIMITS.max_file_bytes,
                     allowed_suffixes=AUDIO_SUFFIXES,
                 )
                 if not result.extracted:
@@ -296,9 +299,15 @@ def stage_dataset_uploads(uploads: Sequence[str | Path], dest_root: Path) -> lis
                 staged.append(result.dest_dir)
             else:
                 target = dest / f"{number:03d}_{safe_stem(path.name)}{path.suffix.lower()}"
+                check_free_space(
+                    dest, path.stat().st_size, f"{path.name} needs", shown="the experiment's uploads"
+                )
                 shutil.copyfile(path, target)
                 staged.append(target)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
+        for folder in created:  # the folders made for this upload, deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     return staged

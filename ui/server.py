@@ -1,7 +1,7 @@
 """The studio's server: ``python app.py`` flags, the login, the queue and the launch; :func:`build_app`.
 
 ``python app.py [--host 127.0.0.1] [--port 7860] [--auth user:password | --auth-file F]
-[--models-dir D] [--data-dir D] [--pretrained-dir D]``
+[--models-dir D] [--data-dir D] [--pretrained-dir D] [--dataset-root D ...] [--max-upload-size 1gb]``
 
 A tab is one module under :mod:`ui.tabs` with ``build(demo, studio)``, listed once in
 :data:`TABS`. Nothing heavy happens while the page is built: no model is loaded, nothing
@@ -28,7 +28,8 @@ APP_DIR = Path(__file__).resolve().parents[1]
 CSS_PATH = APP_DIR / "assets" / "studio.css"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-MAX_UPLOAD_SIZE = "4gb"
+MAX_UPLOAD_SIZE = "1gb"
+"""The default cap on one uploaded file (``--max-upload-size``; Gradio refuses larger ones)."""
 DEFAULT_CONCURRENCY = 4  # light handlers (lists, polls, renames)
 QUEUE_MAX_SIZE = 64
 TABS = (convert, cover, live, train, models, assets)
@@ -37,13 +38,25 @@ LIVE_HEAD = '<script src="/timbre/live/static/live.js" defer></script>'
 """The page's tabs, in order: each module's ``build(demo, studio)`` lays one out."""
 
 
-def build_app(models_dir: Path, data_dir: Path, pretrained_dir: Path | None = None) -> gr.Blocks:
-    """Build the studio. Nothing heavy happens here: no model is loaded, nothing downloaded."""
+def build_app(
+    models_dir: Path,
+    data_dir: Path,
+    pretrained_dir: Path | None = None,
+    dataset_roots: Sequence[str | Path] = (),
+) -> gr.Blocks:
+    """Build the studio. Nothing heavy happens here: no model is loaded, nothing downloaded.
+
+    ``dataset_roots``: server folders the Train tab may read besides ``data_dir/datasets``
+    (``$TIMBRE_DATASET_ROOTS`` adds more; see :mod:`ui.folders`).
+    """
     if pretrained_dir is None:
         from infer.assets import default_pretrained_dir
 
         pretrained_dir = default_pretrained_dir()
-    studio = Studio(StudioPaths(Path(models_dir), Path(data_dir), Path(pretrained_dir)))
+    paths = StudioPaths(
+        Path(models_dir), Path(data_dir), Path(pretrained_dir), tuple(str(p) for p in dataset_roots)
+    )
+    studio = Studio(paths)
     studio.store.recover_interrupted()
     with gr.Blocks(title="Timbre studio", analytics_enabled=False) as demo:
         gr.Markdown("# Timbre studio", elem_classes="timbre-header")
@@ -108,11 +121,13 @@ def launch(
     prevent_thread_lock: bool = False,
     quiet: bool = False,
     data_dir: Path | None = None,
+    max_upload_size: str = MAX_UPLOAD_SIZE,
 ) -> Any:
     """Queue settings and launch options shared by ``main`` and the tests.
 
     ``data_dir``'s outputs and exports folders are the only extra folders the page may download
     from (besides Gradio's defaults: its cache, the working directory and the temp folder).
+    ``max_upload_size`` (e.g. ``"1gb"``, ``"500mb"``) caps every uploaded file.
     """
     warn_if_exposed(host, auth)
     allowed = [] if data_dir is None else [str(Path(data_dir) / "outputs"), str(Path(data_dir) / "exports")]
@@ -129,7 +144,7 @@ def launch(
         prevent_thread_lock=prevent_thread_lock,
         quiet=quiet,
         show_error=False,
-        max_file_size=MAX_UPLOAD_SIZE,
+        max_file_size=max_upload_size,
         ssr_mode=False,
         theme=gr.themes.Soft(),
         css_paths=[CSS_PATH],
@@ -150,7 +165,31 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--data-dir", default=None, help="jobs, outputs and experiments (default ./data)")
     parser.add_argument("--pretrained-dir", default=None, help="pretrained base files (default ./pretrained)")
+    parser.add_argument(
+        "--dataset-root",
+        action="append",
+        default=[],
+        metavar="FOLDER",
+        help="a server folder the Train tab may read datasets from (repeatable; also "
+        "$TIMBRE_DATASET_ROOTS); the data folder's datasets/ is always allowed",
+    )
+    parser.add_argument(
+        "--max-upload-size",
+        type=upload_size,
+        default=MAX_UPLOAD_SIZE,
+        help=f"largest file one upload may be, e.g. 500mb, 2gb (default {MAX_UPLOAD_SIZE})",
+    )
     return parser
+
+
+def upload_size(value: str) -> str:
+    """``--max-upload-size``'s value as Gradio reads it (a number and kb/mb/gb), or an argparse error."""
+    text = value.strip().lower().replace(" ", "")
+    number = text.rstrip("kmgtb")
+    unit = text[len(number) :]
+    if not (number.isdigit() and int(number) > 0 and unit in ("b", "kb", "mb", "gb", "tb")):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a size like 500mb or 2gb")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -171,6 +210,14 @@ def main(argv: list[str] | None = None) -> int:
         resolve_models_dir(args.models_dir),
         data_dir,
         Path(args.pretrained_dir).expanduser() if args.pretrained_dir else None,
+        dataset_roots=args.dataset_root,
     )
-    launch(demo, host=args.host, port=args.port, auth=auth, data_dir=data_dir)
+    launch(
+        demo,
+        host=args.host,
+        port=args.port,
+        auth=auth,
+        data_dir=data_dir,
+        max_upload_size=args.max_upload_size,
+    )
     return 0

@@ -42,6 +42,7 @@ from ui.batch import (
     load_converter,
     resolve_index_choice,
 )
+from ui.folders import audio_files_in, dataset_roots, resolve_server_folder
 from ui.forms import (
     AUTO,
     STAGES_NEEDING_DATA,
@@ -88,6 +89,8 @@ class StudioPaths:
     models_dir: Path
     data_dir: Path
     pretrained_dir: Path
+    dataset_roots: tuple[str, ...] = ()
+    """Folders the operator allows besides the data folder's datasets area (see :mod:`ui.folders`)."""
 
     @property
     def outputs_dir(self) -> Path:
@@ -194,6 +197,8 @@ class Studio:
 
     def __init__(self, paths: StudioPaths) -> None:
         self.paths = paths
+        self.roots = dataset_roots(paths.data_dir, paths.dataset_roots)
+        self.roots[0].path.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(paths.jobs_db)
         self.stops = StopFlags()
         self.workers = WorkerProcesses()
@@ -372,10 +377,11 @@ class Studio:
     def _dataset_sources(self, experiment: str, uploads: list[str] | None, folder: str | None) -> list[Path]:
         sources: list[Path] = []
         if folder and folder.strip():
-            server_folder = Path(folder.strip()).expanduser()
-            if not server_folder.is_dir():
-                raise StudioError(f"dataset folder {server_folder} does not exist on the server")
-            sources.append(server_folder.absolute())
+            server_folder, root = resolve_server_folder(folder, self.roots)
+            files, ignored = audio_files_in(server_folder, root)
+            if ignored:
+                log.info("dataset folder: %d audio files, %d other files ignored", len(files), ignored)
+            sources += files
         sources += stage_dataset_uploads(uploads or [], self.paths.work_dir(experiment) / "uploads")
         if not sources:
             raise StudioError("no dataset: upload audio files or a .zip, or give a folder on the server")

@@ -1,0 +1,190 @@
+"""Attacks on the studio's inputs: server folders outside the roots, links out of them, zip bombs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import zipfile
+from collections import namedtuple
+from pathlib import Path
+
+import gradio as gr
+import pytest
+
+from infer.errors import DiskSpaceError, UnsafeFileError
+from tests.test_app import TRAIN_FIELDS, train_args
+from ui import forms
+from ui.folders import audio_files_in, dataset_roots, resolve_server_folder
+from ui.server import build_parser
+from ui.studio import Studio, StudioPaths
+
+CHUNK = 1 << 20
+Usage = namedtuple("Usage", "total used free")
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def make_studio(tmp_path: Path, *extra_roots: Path) -> Studio:
+    paths = StudioPaths(
+        tmp_path / "models", tmp_path / "data", tmp_path / "pretrained", tuple(map(str, extra_roots))
+    )
+    studio = Studio(paths)
+    studio.store.list_jobs()  # the job database is made on first use
+    return studio
+
+
+def train_values(folder: str) -> dict:
+    args = train_args("alice", [])
+    args[6] = folder
+    names = ["experiment", "sample_rate", "version", "use_f0", "size", "uploads", "folder"]
+    return dict(zip([*names, *TRAIN_FIELDS], args, strict=True))
+
+
+# ---- server folders ------------------------------------------------------------------------
+
+
+def test_folder_outside_the_roots_is_refused_without_saying_whether_it_exists(tmp_path: Path) -> None:
+    studio = make_studio(tmp_path)
+    before = listing(tmp_path)
+    messages = []
+    for folder in ("/etc", str(Path.home() / ".ssh"), "/no/such/folder/anywhere", "../../../etc"):
+        with pytest.raises(gr.Error) as caught:
+            studio.train_stage("prepare", train_values(folder))
+        messages.append(str(caught.value.message))
+    assert len(set(messages)) == 1  # existing and missing folders get the same line
+    assert "inside a dataset root: datasets/ (in the studio's data folder)" in messages[0]
+    assert "/etc" not in messages[0] and "ssh" not in messages[0] and "\n" not in messages[0]
+    assert listing(tmp_path) == before
+    assert studio.store.list_jobs() == []
+
+
+def test_symlink_escaping_a_root_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret.wav").write_bytes(b"RIFF")
+    studio = make_studio(tmp_path)
+    root = tmp_path / "data" / "datasets"
+    (root / "escape").symlink_to(outside, target_is_directory=True)
+    before = listing(tmp_path)
+    with pytest.raises(gr.Error, match="inside a dataset root"):
+        studio.train_stage("prepare", train_values("escape"))
+    # a file link out of the root inside an allowed folder is left out, not read
+    voice = root / "voice"
+    voice.mkdir()
+    (voice / "a.wav").write_bytes(b"RIFFa")
+    (voice / "b.wav").symlink_to(outside / "secret.wav")
+    (voice / "notes.txt").write_text("private")
+    folder, found_root = resolve_server_folder("voice", studio.roots)
+    files, ignored = audio_files_in(folder, found_root)
+    assert [f.name for f in files] == ["a.wav"] and ignored == 2
+    assert listing(outside) == ["secret.wav"]
+    assert len(listing(tmp_path)) == len(before) + 4
+
+
+def test_operator_roots_from_the_flag_and_the_environment(tmp_path: Path) -> None:
+    extra, env_root = tmp_path / "srv", tmp_path / "env"
+    for root in (extra, env_root):
+        (root / "set").mkdir(parents=True)
+        (root / "set" / "x.flac").write_bytes(b"fLaC")
+    roots = dataset_roots(tmp_path / "data", [extra], {"TIMBRE_DATASET_ROOTS": str(env_root)})
+    assert [r.path for r in roots] == [tmp_path / "data" / "datasets", extra, env_root]
+    for root in (extra, env_root):
+        folder, _ = resolve_server_folder(str(root / "set"), roots)
+        assert folder == (root / "set").resolve()
+    with pytest.raises(forms.StudioError) as caught:
+        resolve_server_folder(str(tmp_path), roots)
+    assert str(extra) in str(caught.value) and str(env_root) in str(caught.value)
+    args = build_parser().parse_args(
+        ["--dataset-root", "/a", "--dataset-root", "/b", "--max-upload-size", "200mb"]
+    )
+    assert args.dataset_root == ["/a", "/b"] and args.max_upload_size == "200mb"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--max-upload-size", "lots"])
+
+
+def test_an_accepted_folder_is_listed_audio_only_and_no_path_reaches_the_client(tmp_path: Path) -> None:
+    studio = make_studio(tmp_path)
+    voice = tmp_path / "data" / "datasets" / "voice"
+    voice.mkdir()
+    (voice / "a.wav").write_bytes(b"RIFFa")
+    (voice / "adduser.conf").write_text("x")
+    sources = studio._dataset_sources("alice", None, "voice")
+    assert sources == [(voice / "a.wav").resolve()]
+    with pytest.raises(forms.StudioError, match=r"no folder 'missing' in the dataset root datasets/"):
+        studio._dataset_sources("alice", None, "missing")
+
+
+# ---- upload bombs ----------------------------------------------------------------------------
+
+
+def write_zip_bomb(path: Path, members: int, member_bytes: int) -> None:
+    """Deflated zeros: ``members`` x ``member_bytes`` declared, a few MB on disk (streamed, never held)."""
+    zeros = bytes(CHUNK)
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as zf:
+        for number in range(members):
+            with zf.open(f"clip{number}.wav", "w", force_zip64=True) as out:
+                for _ in range(member_bytes // CHUNK):
+                    out.write(zeros)
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bomb") / "voices.zip"
+    write_zip_bomb(path, members=4, member_bytes=950 << 20)  # 3.7 GiB declared
+    return path
+
+
+def test_zip_bomb_over_the_limit_writes_nothing(tmp_path: Path, bomb: Path) -> None:
+    assert bomb.stat().st_size < 8 << 20
+    free_before = shutil.disk_usage(tmp_path).free
+    with pytest.raises(UnsafeFileError, match="would unpack to more than 2147483648 bytes"):
+        forms.stage_dataset_uploads([str(bomb)], tmp_path / "exp" / "uploads")
+    assert listing(tmp_path) == []
+    assert free_before - shutil.disk_usage(tmp_path).free < 16 << 20
+
+
+def test_zip_larger_than_the_free_space_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = tmp_path / "in" / "small.zip"
+    archive.parent.mkdir()
+    write_zip_bomb(archive, members=1, member_bytes=64 << 20)
+    monkeypatch.setattr(shutil, "disk_usage", lambda _path: Usage(100 << 20, 90 << 20, 10 << 20))
+    with pytest.raises(
+        DiskSpaceError, match=r"would unpack to 67\.1 MB but the disk holding .* has only 10\.5 MB free"
+    ):
+        forms.stage_dataset_uploads([str(archive)], tmp_path / "exp" / "uploads")
+    assert listing(tmp_path) == ["in", "in/small.zip"]
+
+
+def test_studio_refuses_the_bomb_as_one_message_and_starts_no_job(tmp_path: Path, bomb: Path) -> None:
+    studio = make_studio(tmp_path)
+    before = listing(tmp_path)
+    values = train_values("")
+    values["uploads"] = [str(bomb)]
+    with pytest.raises(gr.Error, match=r"voices\.zip would unpack to more than"):
+        studio.train_stage("prepare", values)
+    assert listing(tmp_path) == before and studio.store.list_jobs() == []
+
+
+def test_failed_or_cancelled_prepare_removes_what_it_unpacked(tmp_path: Path) -> None:
+    from infer.errors import Cancelled
+    from train.dataset import EXTRACT_DIRNAME, DatasetError, DatasetLimits, collect_dataset
+
+    archive = tmp_path / "set.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for number in range(3):
+            zf.writestr(f"c{number}.wav", bytes(1000))
+    work = tmp_path / "work"
+    with pytest.raises(Cancelled):
+        collect_dataset(archive, work, should_stop=lambda: True)
+    assert not (work / EXTRACT_DIRNAME).exists()
+    loose = tmp_path / "big.wav"
+    loose.write_bytes(bytes(5000))
+    with pytest.raises(DatasetError, match="more than the limit of 4000"):
+        collect_dataset(
+            [archive, loose], work, limits=DatasetLimits(max_total_bytes=4000, max_file_bytes=10_000)
+        )
+    assert os.listdir(work) == []
