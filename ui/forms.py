@@ -52,6 +52,8 @@ SLICE_PAGE_FIELDS = {
     "segment_s": "segment_s",
 }
 """Train-form names -> :class:`train.slicing.SliceConfig` fields."""
+DEFAULT_SEED = 0
+"""The page's seed: fixed, so converting the same file twice gives the same audio (-1: fresh noise)."""
 _NUMBER_TYPES = {"pitch_shift_semitones": float, "index_rate": float, "filter_radius": int}
 _NUMBER_TYPES |= {"rms_mix_rate": float, "protect": float, "speaker_id": int, "steps": int}
 _NUMBER_TYPES |= {"guidance_weight": float, "refine_strength": float}
@@ -157,6 +159,7 @@ def convert_defaults() -> dict[str, Any]:
         "guidance_weight": refine.guidance_weight,
         "refine_start": names(REFINE_STARTS)[0],
         "refine_strength": refine.strength,
+        "seed": DEFAULT_SEED,
     }
 
 
@@ -175,6 +178,8 @@ def convert_params_from_page(values: Mapping[str, Any]) -> ConvertParams:
     for key, cast in _NUMBER_TYPES.items():
         if key in flat:
             flat[key] = cast(flat[key] or 0)
+    if "seed" in flat:
+        flat["seed"] = page_seed(flat["seed"])
     sampler = str(flat.get("sampler") or SAMPLER_OFF).lower()
     if sampler not in SAMPLERS:
         raise StudioError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -183,6 +188,17 @@ def convert_params_from_page(values: Mapping[str, Any]) -> ConvertParams:
         return convert_params_from_form(flat)
     except ValueError as exc:
         raise StudioError(f"invalid conversion settings: {exc}") from exc
+
+
+def page_seed(value: Any) -> int | None:
+    """The Seed box -> ConvertParams.seed: a number >= 0 fixes the noise; -1 or empty draws fresh noise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        seed = int(float(value))
+    except (TypeError, ValueError):
+        raise StudioError(f"the seed must be a whole number (-1 for fresh noise), not {value!r}") from None
+    return None if seed < 0 else seed
 
 
 def check_audio_inputs(paths: Sequence[str | Path | None]) -> list[Path]:
