@@ -1,4 +1,4 @@
-"""Two /convert calls through gradio_client with the same seed give the same audio; warnings reach the caller."""
+"""Two /convert calls (gradio_client) with the same seed give the same audio; warnings reach the caller."""
 
 from __future__ import annotations
 
