@@ -67,6 +67,14 @@ TRAIN_FIELDS = {
     "distill_max_steps": 0,
     "workers": 1,
     "use_report": False,
+    "content_encoder": "hubert_base",
+    "device": "auto",
+    "use_highpass": True,
+    "min_length_ms": 1500,
+    "min_interval_ms": 400,
+    "hop_size_ms": 15,
+    "max_sil_kept_ms": 500,
+    "overlap_s": 0.3,
 }
 
 

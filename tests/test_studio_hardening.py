@@ -188,3 +188,45 @@ def test_failed_or_cancelled_prepare_removes_what_it_unpacked(tmp_path: Path) ->
             [archive, loose], work, limits=DatasetLimits(max_total_bytes=4000, max_file_bytes=10_000)
         )
     assert os.listdir(work) == []
+
+
+# ---- the page does what the CLI does ----------------------------------------------------------
+
+
+def test_every_training_setting_is_in_the_train_form(tmp_path: Path) -> None:
+    from dataclasses import fields
+
+    from train.settings import TrainSettings
+    from train.slicing import SliceConfig
+    from ui.tabs.train import _settings_form
+
+    with gr.Blocks():
+        form = _settings_form(forms.train_defaults())
+    server_side = {"name", "work_dir", "models_dir", "pretrained_dir", "dataset", "slice"}
+    wanted = {f.name for f in fields(TrainSettings)} - server_side
+    assert wanted <= set(form.names)
+    assert {f.name for f in fields(SliceConfig)} == set(forms.SLICE_PAGE_FIELDS.values())
+    values = {**forms.train_defaults(), "experiment": "ann", "uploads": None, "folder": ""}
+    values.update(content_encoder="whisper-tiny-en", device="cpu", hop_size_ms=20, overlap_s=0.5)
+    settings = forms.train_settings_from_page(
+        values, work_dir=tmp_path, models_dir=tmp_path, pretrained_dir=tmp_path
+    )
+    assert (settings.content_encoder, settings.device) == ("whisper-tiny-en", "cpu")
+    assert (settings.slice.hop_size_ms, settings.slice.overlap_s) == (20, 0.5)
+
+
+def test_without_hubert_the_tab_offers_the_offline_encoder(tmp_path: Path) -> None:
+    from ui import views
+
+    studio = make_studio(tmp_path)
+    if not views.has_whisper():
+        pytest.skip("the offline encoder's package is not installed")
+    assert studio.content_encoder_choice("hubert_base")["value"] == "whisper-tiny-en"
+    text = views.pretrained_status_markdown(
+        tmp_path / "pretrained", "40000", "v2", True, "tiny", True, "pm", "whisper-tiny-en"
+    )
+    assert "content encoder `whisper-tiny-en`: installed, no download needed" in text
+    assert "hubert_base.pt" not in text
+    (tmp_path / "pretrained").mkdir(exist_ok=True)
+    (tmp_path / "pretrained" / "hubert_base.pt").write_bytes(b"x")
+    assert "value" not in studio.content_encoder_choice("hubert_base")

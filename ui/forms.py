@@ -50,6 +50,12 @@ SLICE_PAGE_FIELDS = {
     "use_normalization": "use_normalization",
     "threshold_db": "threshold_db",
     "segment_s": "segment_s",
+    "use_highpass": "use_highpass",
+    "min_length_ms": "min_length_ms",
+    "min_interval_ms": "min_interval_ms",
+    "hop_size_ms": "hop_size_ms",
+    "max_sil_kept_ms": "max_sil_kept_ms",
+    "overlap_s": "overlap_s",
 }
 """Train-form names -> :class:`train.slicing.SliceConfig` fields."""
 DEFAULT_SEED = 0
@@ -248,10 +254,14 @@ def train_settings_from_page(
     if flat.get("f0_method") == AUTO:
         flat["f0_method"] = None
     slicing = {key: values[page] for page, key in SLICE_PAGE_FIELDS.items() if page in values}
-    flat["slice"] = {
-        **slicing,
-        **{k: float(slicing[k]) for k in ("threshold_db", "segment_s") if k in slicing},
-    }
+    slice_defaults = TrainSettings.__dataclass_fields__["slice"].default_factory()  # type: ignore[misc]
+    for key, value in slicing.items():
+        default = getattr(slice_defaults, key)
+        if isinstance(default, bool):
+            slicing[key] = bool(value)
+        elif isinstance(default, (int, float)):
+            slicing[key] = type(default)(value or 0)
+    flat["slice"] = slicing
     flat["use_pretrained"] = bool(flat.get("use_pretrained", True)) and flat.get("size") != "tiny"
     try:
         return TrainSettings.from_dict(

@@ -32,7 +32,7 @@ from infer.catalog import (
     validate_model_name,
 )
 from infer.errors import TimbreError
-from infer.options import RUN_ALL, TRAIN_STAGES
+from infer.options import DEFAULT_CONTENT_ENCODER, OFFLINE_CONTENT_ENCODER, RUN_ALL, TRAIN_STAGES
 from infer.progress import ProgressFn, report
 from ui.batch import (
     INDEX_AUTO,
@@ -461,7 +461,20 @@ class Studio:
             values.get("size", "full"),
             values.get("use_pretrained", True),
             values.get("f0_method", AUTO),
+            values.get("content_encoder", DEFAULT_CONTENT_ENCODER),
         )
+
+    def content_encoder_choice(self, current: str | None) -> Any:
+        """The Train tab's encoder on page load: the offline one when ``hubert_base.pt`` is missing."""
+        from infer.assets import asset_status
+        from ui.views import CONTENT_ENCODER_FILE, has_whisper
+
+        if current not in (None, DEFAULT_CONTENT_ENCODER) or not has_whisper():
+            return gr.update()
+        found = {s.name: s for s in asset_status(self.paths.pretrained_dir)}.get(CONTENT_ENCODER_FILE)
+        if found is not None and found.state != "missing":
+            return gr.update()
+        return gr.update(value=OFFLINE_CONTENT_ENCODER)
 
     @ui_errors
     def selftest(self, steps: float) -> tuple[int, str]:
