@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from infer.errors import DiskSpaceError
+from infer.errors import DiskSpaceError, TimbreError
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
@@ -144,3 +144,25 @@ def check_free_space(folder: str | Path, needed: int, what: str, shown: str | No
 def is_disk_full(exc: BaseException) -> bool:
     """True for an OSError that means the disk (or the quota) is full."""
     return isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS
+
+
+def describe_os_error(
+    exc: OSError, folder: str | Path | None = None, shown: str | None = None
+) -> TimbreError:
+    """An OSError as one readable :class:`~infer.errors.TimbreError` naming the folder (and free space).
+
+    Args:
+        exc: the error (a :class:`TimbreError` already, e.g. :class:`DiskSpaceError`, is returned as is).
+        folder: the folder being worked on when the error has no file name of its own.
+        shown: how to name that folder in the message (default: its path).
+    """
+    if isinstance(exc, TimbreError):
+        return exc
+    filename = getattr(exc, "filename", None)
+    where: Path | None = Path(filename).parent if filename else (Path(folder) if folder else None)
+    name = shown if (shown is not None and not filename) else (str(where) if where else "the output folder")
+    if is_disk_full(exc):
+        return disk_full_error(where or Path.cwd(), shown=name)
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    target = Path(filename).name if filename else None
+    return TimbreError(f"cannot write {target + ' in ' if target else ''}{name}: {reason}")

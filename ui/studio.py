@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import shutil
 import subprocess
 import threading
 import time
@@ -112,8 +113,39 @@ class StudioPaths:
         return self.experiments_dir / validate_model_name(experiment)
 
 
+def shown_folder(folder: Path, paths: StudioPaths | None) -> str:
+    """How the page names a server folder: relative to the data or models folder, never absolute."""
+    if paths is not None:
+        for base, label in ((paths.data_dir, "the data folder"), (paths.models_dir, "the models folder")):
+            try:
+                relative = Path(folder).absolute().relative_to(Path(base).absolute())
+            except ValueError:
+                continue
+            return f"{relative.as_posix()}/ in {label}" if relative.parts else label
+    return "the studio's folder"
+
+
+def readable_os_error(exc: OSError, paths: StudioPaths | None) -> TimbreError:
+    """An OSError as the page says it: the folder (by its studio name); for a full disk, the free space."""
+    from infer.errors import DiskSpaceError
+    from infer.fsutil import describe_os_error, disk_full_error, is_disk_full
+
+    filename = getattr(exc, "filename", None)
+    if isinstance(exc, DiskSpaceError):
+        folder = Path(exc.folder)
+    elif filename:
+        folder = Path(filename).parent
+    else:
+        folder = paths.data_dir if paths is not None else Path.cwd()
+    shown = shown_folder(folder, paths)
+    if is_disk_full(exc):
+        return disk_full_error(folder, shown=shown)
+    reason = exc.strerror or type(exc).__name__
+    return describe_os_error(OSError(exc.errno, reason), folder, shown=shown)
+
+
 def ui_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """TimbreError -> gr.Error with its message; anything else -> logged, short generic gr.Error."""
+    """TimbreError -> gr.Error with its message; OSError -> the folder (and free space); else generic."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -121,6 +153,10 @@ def ui_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except OSError as exc:  # DiskSpaceError too: the page names folders its own way
+            log.warning("%s failed: %s", fn.__name__, exc)
+            paths = getattr(args[0], "paths", None) if args else None
+            raise gr.Error(str(readable_os_error(exc, paths))) from None
         except TimbreError as exc:
             raise gr.Error(str(exc)) from None
         except Exception as exc:
@@ -260,7 +296,11 @@ class Studio:
             raise StudioError("choose the model to download first")
         find_model(self.paths.models_dir, name)
         folder = fresh_output_dir(self.paths.exports_dir)
-        archive = export_model_zip(self.paths.models_dir, name, dest=folder)
+        try:
+            archive = export_model_zip(self.paths.models_dir, name, dest=folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return str(
             archive
         ), f"**{name}** packed as `{archive.name}` ({format_bytes(archive.stat().st_size)})."
@@ -320,6 +360,7 @@ class Studio:
             check_decodable(inputs[0])  # a broken file is reported before the model loads
         session = session_of(request)
         flag = self.stops.begin("convert", session)
+        out_dir: Path | None = None
         try:
             report_to = gradio_progress(progress)
             report(report_to, 0.0, "loading the voice model")
@@ -330,15 +371,20 @@ class Studio:
                 device=values.get("device") or "auto",
                 precision=values.get("precision") or "auto",
             )
+            out_dir = fresh_output_dir(self.paths.outputs_dir)
             outcome = convert_to_folder(
                 converter,
                 entry.name,
                 inputs,
                 params,
-                fresh_output_dir(self.paths.outputs_dir),
+                out_dir,
                 progress=report_to,
                 should_stop=flag.is_set,
             )
+        except BaseException:
+            if out_dir is not None:  # nothing half-written stays: a failed run leaves no folder
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         finally:
             self.stops.end("convert", session, flag)
         downloads = [str(outcome.archive)] if outcome.archive else [str(p) for p in outcome.outputs]
