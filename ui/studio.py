@@ -125,7 +125,7 @@ def shown_folder(folder: Path, paths: StudioPaths | None) -> str:
     return "the studio's folder"
 
 
-def readable_os_error(exc: OSError, paths: StudioPaths | None) -> TimbreError:
+def readable_os_error(exc: OSError, paths: StudioPaths | None, folder: Path | None = None) -> TimbreError:
     """An OSError as the page says it: the folder (by its studio name); for a full disk, the free space."""
     from infer.errors import DiskSpaceError
     from infer.fsutil import describe_os_error, disk_full_error, is_disk_full
@@ -135,7 +135,7 @@ def readable_os_error(exc: OSError, paths: StudioPaths | None) -> TimbreError:
         folder = Path(exc.folder)
     elif filename:
         folder = Path(filename).parent
-    else:
+    elif folder is None:
         folder = paths.data_dir if paths is not None else Path.cwd()
     shown = shown_folder(folder, paths)
     if is_disk_full(exc):
@@ -310,7 +310,6 @@ class Studio:
         self, uploads: list[str] | None, name: str | None, overwrite: bool = False
     ) -> tuple[list[list[str]], dict[str, Any], str]:
         """Install an uploaded zip, or a .pth (+ .index), through infer.library's checks."""
-        from infer.library import import_model_files, import_model_zip
 
         files = [Path(u) for u in uploads or [] if u]
         if not files:
@@ -323,23 +322,36 @@ class Studio:
             by_suffix.setdefault(path.suffix.lower(), []).append(path)
         zips, pths, indexes = by_suffix[".zip"], by_suffix[".pth"], by_suffix[".index"]
         target = (name or "").strip() or None
-        if len(zips) == 1 and len(files) == 1:
-            imported = import_model_zip(
-                zips[0], self.paths.models_dir, name=target, overwrite=bool(overwrite)
-            )
-        elif len(pths) == 1 and len(indexes) <= 1 and len(files) == 1 + len(indexes):
-            imported = import_model_files(
+        try:
+            imported = self._import(zips, pths, indexes, len(files), target, bool(overwrite))
+        except OSError as exc:  # a write into a hidden staging folder: name the models folder
+            raise readable_os_error(exc, self.paths, self.paths.models_dir) from exc
+        entry = find_model(self.paths.models_dir, imported)
+        message = f"Imported **{imported}**: {model_info_markdown(entry)}"
+        return models_table(self.entries()), self.model_choices(imported), message
+
+    def _import(
+        self,
+        zips: list[Path],
+        pths: list[Path],
+        indexes: list[Path],
+        count: int,
+        target: str | None,
+        overwrite: bool,
+    ) -> str:
+        from infer.library import import_model_files, import_model_zip
+
+        if len(zips) == 1 and count == 1:
+            return import_model_zip(zips[0], self.paths.models_dir, name=target, overwrite=overwrite)
+        if len(pths) == 1 and len(indexes) <= 1 and count == 1 + len(indexes):
+            return import_model_files(
                 pths[0],
                 indexes[0] if indexes else None,
                 self.paths.models_dir,
                 name=target,
-                overwrite=bool(overwrite),
+                overwrite=overwrite,
             )
-        else:
-            raise StudioError("upload one .zip on its own, or one .pth with at most one .index")
-        entry = find_model(self.paths.models_dir, imported)
-        message = f"Imported **{imported}**: {model_info_markdown(entry)}"
-        return models_table(self.entries()), self.model_choices(imported), message
+        raise StudioError("upload one .zip on its own, or one .pth with at most one .index")
 
     # ---- convert ------------------------------------------------------------------------
 
