@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,11 @@ DEFAULT_PORT = 7860
 MAX_UPLOAD_SIZE = "1gb"
 """The default cap on one uploaded file (``--max-upload-size``; Gradio refuses larger ones)."""
 DEFAULT_CONCURRENCY = 4  # light handlers (lists, polls, renames)
+QUEUE_IDLE_POLL_S = 0.1
+"""How often Gradio's queue looks for work when it has none: an event starts at most this late.
+Its own Linux default, 1 ms, costs ~8 % of a core on an idle studio (see bench/idle.py)."""
+PROGRESS_IDLE_POLL_S = 0.25
+"""How often the queue sends pending progress (Gradio's Linux default: every 10 ms, also when idle)."""
 QUEUE_MAX_SIZE = 64
 TABS = (convert, cover, live, train, models, assets)
 LIVE_HEAD = '<script src="/timbre/live/static/live.js" defer></script>'
@@ -132,6 +138,7 @@ def launch(
     warn_if_exposed(host, auth)
     allowed = [] if data_dir is None else [str(Path(data_dir) / "outputs"), str(Path(data_dir) / "exports")]
     demo.queue(default_concurrency_limit=DEFAULT_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
+    quiet_idle_queue(demo)
     live_context = getattr(demo, "timbre_live", None)
     routes = live_routes(live_context) if live_context is not None else []
     return demo.launch(
@@ -151,6 +158,25 @@ def launch(
         footer_links=["api", "settings"],
         allowed_paths=allowed,
     )
+
+
+def quiet_idle_queue(demo: gr.Blocks) -> bool:
+    """Slow the polling of Gradio's queue when it is free, so an idle studio uses ~0 % CPU.
+
+    Gradio exposes no setting for these intervals; they are attributes of its queue object. If
+    a Gradio version renames them, the studio still runs (only busier when idle) and this
+    returns False, with a warning in the log.
+    """
+    queue = getattr(demo, "_queue", None)
+    names = ("sleep_when_free", "progress_update_sleep_when_free")
+    if queue is None or not all(hasattr(queue, n) for n in names):
+        logging.warning(
+            "this Gradio version's queue has no idle poll settings; the idle studio uses more CPU"
+        )
+        return False
+    queue.sleep_when_free = max(queue.sleep_when_free, QUEUE_IDLE_POLL_S)
+    queue.progress_update_sleep_when_free = max(queue.progress_update_sleep_when_free, PROGRESS_IDLE_POLL_S)
+    return True
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,5 +245,13 @@ def main(argv: list[str] | None = None) -> int:
         auth=auth,
         data_dir=data_dir,
         max_upload_size=args.max_upload_size,
+        prevent_thread_lock=True,
     )
+    # Gradio's own wait wakes every 0.1 s; an Event wait sleeps until Ctrl+C (or a signal ends us).
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        logging.info("stopping the studio")
+    finally:
+        demo.close()
     return 0

@@ -503,6 +503,10 @@ class Studio:
         row = getattr(evt, "row_value", None)
         return gr.update(value=int(row[0])) if row else gr.update()
 
+    def has_active_job(self) -> bool:
+        """Whether any job is queued or running (the Train tab then refreshes often)."""
+        return any(job.is_active for job in self.store.list_jobs())
+
     def page_load(self) -> tuple[dict[str, Any], list[list[Any]]]:
         jobs = self.store.list_jobs()
         shown = next((j.id for j in jobs if j.is_active), jobs[0].id if jobs else None)

@@ -26,6 +26,9 @@ from ui.studio import Studio
 from ui.views import JOB_TABLE_HEADERS, job_status_markdown, metrics_frame
 
 POLL_INTERVAL_S = 2.0
+"""The Train tab's refresh while a job runs."""
+IDLE_POLL_INTERVAL_S = 30.0
+"""...and while none does (a job started elsewhere shows within this; see bench/idle.py)."""
 SIZE_LABELS = {"full": "full (RVC networks)", "tiny": "tiny (quick trial)"}
 STAGE_BUTTON_LABELS = {"fit": "Train", "distill": "Distil"}
 """Button words where the stage's name is not the word the page uses (else the capitalised name)."""
@@ -267,9 +270,16 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
             max_height=260,
             elem_classes="timbre-table",
         )
-        timer = gr.Timer(POLL_INTERVAL_S)  # inside the tab: a bare component in gr.Tabs confuses its tab bar
+        timer = gr.Timer(
+            IDLE_POLL_INTERVAL_S
+        )  # inside the tab: a bare component in gr.Tabs confuses its tab bar
 
     view = [job_md, loss_plot, log_box, report_md]
+
+    def pace() -> gr.Timer:
+        """Tick fast while a job runs, slowly otherwise."""
+        return gr.Timer(POLL_INTERVAL_S if studio.has_active_job() else IDLE_POLL_INTERVAL_S)
+
     for stage, button in buttons.items():
         button.click(
             form.handler(_stage_handler(studio, stage)),
@@ -279,7 +289,7 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
             concurrency_limit=1,
             concurrency_id="train_start",
             show_progress="hidden",  # the job's own status shows progress; errors come as a toast
-        )
+        ).then(pace, None, timer, api_visibility="private", show_progress="hidden")
     pretrained = form.subset(*PRETRAINED_FIELDS)
     status_handler = pretrained.handler(studio.pretrained_status)
     gr.on(
@@ -292,10 +302,16 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
     refresh_jobs.click(studio.list_jobs, None, [job_pick, jobs_df], api_name="list_jobs")
     job_pick.change(studio.job_status, job_pick, view, api_name="job_status")
     cancel_btn.click(studio.cancel_job, job_pick, job_md, api_name="cancel_job")
-    resume_btn.click(studio.resume_job, job_pick, job_md, api_name="resume_job")
+    resume_btn.click(studio.resume_job, job_pick, job_md, api_name="resume_job").then(
+        pace, None, timer, api_visibility="private", show_progress="hidden"
+    )
     jobs_df.select(studio.select_job, None, job_pick, api_visibility="private")
-    timer.tick(studio.poll, job_pick, [*view, jobs_df], api_visibility="private", show_progress="hidden")
-    demo.load(studio.page_load, None, [job_pick, jobs_df], api_visibility="private")
+    timer.tick(
+        studio.poll, job_pick, [*view, jobs_df], api_visibility="private", show_progress="hidden"
+    ).then(pace, None, timer, api_visibility="private", show_progress="hidden")
+    demo.load(studio.page_load, None, [job_pick, jobs_df], api_visibility="private").then(
+        pace, None, timer, api_visibility="private", show_progress="hidden"
+    )
     demo.load(
         studio.content_encoder_choice,
         form["content_encoder"],
