@@ -110,3 +110,22 @@ def test_cap_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.Monk
         load_checkpoint(path)
     monkeypatch.delenv("TIMBRE_MAX_CHECKPOINT_BYTES")
     assert load_checkpoint(path)["w"].shape == (100,)
+
+
+def test_index_declaring_more_vectors_than_it_holds_is_refused(tmp_path: Path) -> None:
+    import faiss
+    import numpy as np
+
+    from infer.retrieval import load_index
+
+    index = faiss.IndexFlatL2(8)
+    index.add(np.zeros((10, 8), dtype=np.float32))
+    data = bytearray(faiss.serialize_index(index).tobytes())
+    good = tmp_path / "added_good.index"
+    good.write_bytes(bytes(data))
+    assert load_index(good).vectors.shape == (10, 8)
+    data[8:16] = (1 << 40).to_bytes(8, "little")  # ntotal: a trillion vectors
+    bomb = tmp_path / "added_bomb.index"
+    bomb.write_bytes(bytes(data))
+    with pytest.raises(UnsafeFileError, match="declares 1099511627776 vectors of dimension 8"):
+        load_index(bomb)

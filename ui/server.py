@@ -32,10 +32,10 @@ DEFAULT_PORT = 7860
 MAX_UPLOAD_SIZE = "1gb"
 """The default cap on one uploaded file (``--max-upload-size``; Gradio refuses larger ones)."""
 DEFAULT_CONCURRENCY = 4  # light handlers (lists, polls, renames)
-QUEUE_IDLE_POLL_S = 0.1
+QUEUE_IDLE_POLL_S = 0.2
 """How often Gradio's queue looks for work when it has none: an event starts at most this late.
 Its own Linux default, 1 ms, costs ~8 % of a core on an idle studio (see bench/idle.py)."""
-PROGRESS_IDLE_POLL_S = 0.25
+PROGRESS_IDLE_POLL_S = 0.5
 """How often the queue sends pending progress (Gradio's Linux default: every 10 ms, also when idle)."""
 QUEUE_MAX_SIZE = 64
 TABS = (convert, cover, live, train, models, assets)
