@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 DEFAULT_K = 8
 INDEX_CACHE_SIZE = 4
 INDEX_HEADER_BYTES = 16
+MAX_INDEX_DIM = 1 << 16
+"""Content features are 256 to 1024 wide; a header naming more is not an index of Timbre's."""
 MAX_INDEX_EXPANSION = 64
 """How many times its file size an index's float32 vectors may be (product-quantised codes are
 smaller than the vectors; IVF,Flat ones, which training writes, are the vectors)."""
@@ -157,8 +159,11 @@ def check_index_header(data: bytes, name: str, cap_bytes: int | None = None) -> 
         raise ModelLoadError(f"{name} is too short to be a faiss index; pick the training's .index file")
     dim = int.from_bytes(data[4:8], "little", signed=True)
     ntotal = int.from_bytes(data[8:16], "little", signed=True)
-    if dim <= 0 or ntotal < 0:
-        raise ModelLoadError(f"{name} is not a faiss index (dimension {dim}, {ntotal} vectors)")
+    if not 0 < dim <= MAX_INDEX_DIM or ntotal < 0:
+        raise ModelLoadError(
+            f"{name} is not a faiss index (its header reads dimension {dim}); "
+            "pick the 'added_*.index' file that training wrote"
+        )
     declared = dim * ntotal * 4
     cap = checkpoint_cap_bytes() if cap_bytes is None else cap_bytes
     if declared > min(cap, len(data) * MAX_INDEX_EXPANSION):
