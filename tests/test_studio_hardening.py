@@ -230,3 +230,25 @@ def test_without_hubert_the_tab_offers_the_offline_encoder(tmp_path: Path) -> No
     (tmp_path / "pretrained").mkdir(exist_ok=True)
     (tmp_path / "pretrained" / "hubert_base.pt").write_bytes(b"x")
     assert "value" not in studio.content_encoder_choice("hubert_base")
+
+
+def test_uploads_over_the_size_limit_are_refused(tmp_path: Path) -> None:
+    import socket
+
+    import httpx
+
+    from ui import server
+
+    demo = server.build_app(tmp_path / "models", tmp_path / "data", tmp_path / "pretrained")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server.launch(demo, port=port, prevent_thread_lock=True, quiet=True, max_upload_size="1kb")
+    try:
+        url = f"http://127.0.0.1:{port}/gradio_api/upload"
+        small = httpx.post(url, files={"files": ("a.wav", b"x" * 500)}, timeout=30)
+        big = httpx.post(url, files={"files": ("b.wav", b"x" * 5000)}, timeout=30)
+    finally:
+        demo.close()
+    assert small.status_code == 200
+    assert big.status_code == 413 and "exceeded maximum allowed size of 1024 bytes" in big.text
