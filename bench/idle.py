@@ -1,8 +1,8 @@
 """Idle CPU of the studio: ``python app.py`` left alone, then with one headless Chromium tab open.
 
-Samples ``/proc/<pid>/task/*/stat`` (user + system ticks) of the app and its children over a
-window, and prints the share of one core used, overall and per thread name (so the busy
-thread shows). Usage: ``python bench/idle.py [--seconds 60]``; figures in bench/README.md. Needs chromium and
+Samples ``/proc/<pid>/task/*/stat`` (user + system ticks) of the app's threads over a window
+and prints the share of one core used, overall and per thread name. Usage:
+``python bench/idle.py [--seconds 60]``; figures in bench/README.md. Needs chromium and
 playwright for the second half (as tests/test_browser.py).
 """
 
