@@ -165,4 +165,4 @@ def describe_os_error(
         return disk_full_error(where or Path.cwd(), shown=name)
     reason = exc.strerror or str(exc) or type(exc).__name__
     target = Path(filename).name if filename else None
-    return TimbreError(f"cannot write {target + ' in ' if target else ''}{name}: {reason}")
+    return TimbreError(f"could not read or write {target + ' in ' if target else ''}{name}: {reason}")

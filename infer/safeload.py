@@ -181,7 +181,9 @@ def load_checkpoint_stubbed(path: str | Path) -> Any:
             "pre-1.6 torch format must be re-saved with a current torch first."
         ) from exc
     with archive:
-        _check_zip_records(archive, path)
+        declared = _check_zip_records(archive, path)
+        if declared > min(path.stat().st_size, checkpoint_cap_bytes()):
+            check_declared_size(path)  # raises, saying which limit
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pickles) != 1:
             raise ModelLoadError(f"{path.name}: expected one data.pkl in the archive, found {len(pickles)}")
