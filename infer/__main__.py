@@ -468,6 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m infer`` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m infer", description="Timbre voice conversion")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_convert_parser(subparsers)
     _add_separate_parser(subparsers)
@@ -488,25 +489,22 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    from infer.errors import TimbreError
+    from infer.cli import run_command
 
-    try:
-        commands = {
-            "convert": _run_convert,
-            "separate": _run_separate,
-            "cover": _run_cover,
-            "stream": _run_stream,
-            "live": _run_live,
-        }
+    commands = {
+        "convert": _run_convert,
+        "separate": _run_separate,
+        "cover": _run_cover,
+        "stream": _run_stream,
+        "live": _run_live,
+    }
+
+    def body() -> int:
         if args.command in commands:
             return commands[args.command](args)
         return run_assets_command(args)
-    except (TimbreError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+
+    return run_command(body, debug=args.debug, folder=getattr(args, "output", None))
 
 
 if __name__ == "__main__":

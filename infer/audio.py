@@ -664,6 +664,7 @@ def save_audio(
 
     Raises:
         AudioEncodeError: unsupported suffix, NaN/Inf samples, ffmpeg failed, or the file system refused.
+        DiskSpaceError: the disk is full (the message names the folder and its free space).
     """
     import soundfile
 
@@ -700,6 +701,10 @@ def save_audio(
             _fsync_file(temp)
         os.replace(temp, path)
     except OSError as exc:
+        from infer.fsutil import disk_full_error, is_disk_full
+
+        if is_disk_full(exc):
+            raise disk_full_error(path.parent) from exc
         raise AudioEncodeError(f"cannot write {path}: {exc}", reason="write_failed") from exc
     finally:
         if temp.exists():

@@ -15,12 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from infer.errors import ModelLoadError
+from infer.errors import ModelLoadError, UnsafeFileError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_K = 8
 INDEX_CACHE_SIZE = 4
+INDEX_HEADER_BYTES = 16
+MAX_INDEX_DIM = 1 << 16
+"""Content features are 256 to 1024 wide; a header naming more is not an index of Timbre's."""
+MAX_INDEX_EXPANSION = 64
+"""How many times its file size an index's float32 vectors may be (product-quantised codes are
+smaller than the vectors; IVF,Flat ones, which training writes, are the vectors)."""
 BLEND_BLOCK_ROWS = 1024
 """Query rows processed at once, bounding the (rows, k, C) gather to a few tens of MB."""
 
@@ -108,6 +114,7 @@ def _load_index_cached(path_str: str, mtime_ns: int, size_bytes: int) -> Retriev
         data = path.read_bytes()
     except OSError as exc:
         raise ModelLoadError(f"cannot read index file {path}: {exc}") from exc
+    check_index_header(data, path.name)
     try:
         index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
     except (RuntimeError, MemoryError) as exc:
@@ -130,6 +137,40 @@ def _load_index_cached(path_str: str, mtime_ns: int, size_bytes: int) -> Retriev
     vectors.setflags(write=False)
     log.info("loaded index %s: %d vectors of dim %d", path.name, vectors.shape[0], vectors.shape[1])
     return RetrievalIndex(index=index, vectors=vectors, path=path)
+
+
+def check_index_header(data: bytes, name: str, cap_bytes: int | None = None) -> None:
+    """Refuse an index whose header declares more vectors than the file or the cap can hold.
+
+    Every faiss index starts with a four-letter code, ``d`` (int32) and ``ntotal`` (int64).
+    Loading reconstructs ``ntotal x d`` float32 vectors; a file declaring far more than it
+    holds is refused before faiss reads it. The codes of a flat index take ``d x 4`` bytes per
+    vector and compressed ones less, so the vectors may be at most
+    :data:`MAX_INDEX_EXPANSION` times the file size, and never more than the checkpoint cap
+    (see :func:`infer.safeload.checkpoint_cap_bytes`).
+
+    Raises:
+        UnsafeFileError: the header declares too much.
+        ModelLoadError: the file is too short to be an index.
+    """
+    from infer.safeload import checkpoint_cap_bytes
+
+    if len(data) < INDEX_HEADER_BYTES:
+        raise ModelLoadError(f"{name} is too short to be a faiss index; pick the training's .index file")
+    dim = int.from_bytes(data[4:8], "little", signed=True)
+    ntotal = int.from_bytes(data[8:16], "little", signed=True)
+    if not 0 < dim <= MAX_INDEX_DIM or ntotal < 0:
+        raise ModelLoadError(
+            f"{name} is not a faiss index (its header reads dimension {dim}); "
+            "pick the 'added_*.index' file that training wrote"
+        )
+    declared = dim * ntotal * 4
+    cap = checkpoint_cap_bytes() if cap_bytes is None else cap_bytes
+    if declared > min(cap, len(data) * MAX_INDEX_EXPANSION):
+        raise UnsafeFileError(
+            f"{name}: refused to load: it declares {ntotal} vectors of dimension {dim} ({declared} bytes) "
+            f"in a {len(data)}-byte file; the file is damaged or built to exhaust memory"
+        )
 
 
 def _first_line(exc: BaseException) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import pickle
 import zipfile
 from collections import OrderedDict
@@ -28,6 +29,12 @@ import torch
 from infer.errors import ModelLoadError, UnsafeFileError
 
 log = logging.getLogger(__name__)
+
+MAX_CHECKPOINT_BYTES = 8 << 30
+"""Default cap on the tensor bytes one checkpoint may declare (``$TIMBRE_MAX_CHECKPOINT_BYTES``)."""
+CHECKPOINT_CAP_ENV = "TIMBRE_MAX_CHECKPOINT_BYTES"
+LEGACY_SLACK_BYTES = 1 << 20
+"""How far a legacy file's declared storages may exceed its size (record headers, rounding)."""
 
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "HalfStorage": torch.float16,
@@ -56,6 +63,7 @@ def load_checkpoint(path: str | Path) -> Any:
             f"{path.name}: not a readable PyTorch checkpoint (neither a torch zip archive nor a pickle); "
             "check that you picked the .pth model file"
         )
+    check_declared_size(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -173,6 +181,9 @@ def load_checkpoint_stubbed(path: str | Path) -> Any:
             "pre-1.6 torch format must be re-saved with a current torch first."
         ) from exc
     with archive:
+        declared = _check_zip_records(archive, path)
+        if declared > min(path.stat().st_size, checkpoint_cap_bytes()):
+            check_declared_size(path)  # raises, saying which limit
         pickles = [n for n in archive.namelist() if n.endswith("data.pkl")]
         if len(pickles) != 1:
             raise ModelLoadError(f"{path.name}: expected one data.pkl in the archive, found {len(pickles)}")
@@ -185,6 +196,131 @@ def load_checkpoint_stubbed(path: str | Path) -> Any:
     if unpickler.stubbed:
         log.debug("%s: stubbed classes %s", path.name, sorted(unpickler.stubbed))
     return obj
+
+
+def checkpoint_cap_bytes() -> int:
+    """The configured cap on declared tensor bytes: ``$TIMBRE_MAX_CHECKPOINT_BYTES`` or the default."""
+    raw = os.environ.get(CHECKPOINT_CAP_ENV, "").strip()
+    if not raw:
+        return MAX_CHECKPOINT_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ModelLoadError(f"{CHECKPOINT_CAP_ENV} must be a number of bytes, not {raw!r}") from None
+    if value <= 0:
+        raise ModelLoadError(f"{CHECKPOINT_CAP_ENV} must be positive, not {value}")
+    return value
+
+
+def check_declared_size(path: str | Path, cap_bytes: int | None = None) -> int:
+    """Refuse a checkpoint that would take more memory than its file size and the cap allow.
+
+    A torch zip is read record by record as the archive declares them: every record must be
+    stored (torch never compresses; a deflated record can unpack to gigabytes from a few
+    megabytes), and the declared sizes must fit in the file and under the cap. A legacy
+    (pickle) file's storages are summed from its pickle, read as data, and must fit likewise.
+    Nothing is loaded; this reads the archive's directory or the pickle stream only.
+
+    Args:
+        path: the ``.pth``/``.pt``/``.ckpt`` file.
+        cap_bytes: the most tensor bytes allowed; None = :func:`checkpoint_cap_bytes`.
+
+    Returns:
+        The declared bytes.
+
+    Raises:
+        UnsafeFileError: a compressed record, or declared sizes beyond the file or the cap.
+        ModelLoadError: the file cannot be read.
+    """
+    path = Path(path)
+    cap = checkpoint_cap_bytes() if cap_bytes is None else cap_bytes
+    file_bytes = path.stat().st_size
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                declared = _check_zip_records(archive, path)
+        except (zipfile.BadZipFile, OSError) as exc:
+            detail = _first_line(exc)
+            raise ModelLoadError(f"{path.name}: not a readable PyTorch checkpoint ({detail})") from exc
+        limit = file_bytes
+    else:
+        declared = _legacy_declared_bytes(path)
+        limit = file_bytes + LEGACY_SLACK_BYTES
+    if declared > limit:
+        raise UnsafeFileError(
+            f"{path.name}: refused to load: it declares {declared} bytes of tensors but the file holds "
+            f"only {file_bytes}; the file is damaged or built to exhaust memory"
+        )
+    if declared > cap:
+        raise UnsafeFileError(
+            f"{path.name}: refused to load: it declares {declared} bytes of tensors, more than the cap of "
+            f"{cap} bytes (raise {CHECKPOINT_CAP_ENV} if you trust this file)"
+        )
+    return declared
+
+
+def _check_zip_records(archive: zipfile.ZipFile, path: Path) -> int:
+    """Sum the records' declared sizes; refuse a compressed record (see :func:`check_declared_size`)."""
+    total = 0
+    for info in archive.infolist():
+        if info.compress_type != zipfile.ZIP_STORED:
+            raise UnsafeFileError(
+                f"{path.name}: refused to load: record {info.filename!r} is compressed; torch writes "
+                "every record stored, and a compressed one can unpack to far more memory than the file"
+            )
+        total += info.file_size
+    return total
+
+
+class _SizeCountingUnpickler(pickle.Unpickler):
+    """Reads a legacy torch pickle as data, summing the storages it declares; builds nothing."""
+
+    def __init__(self, handle: Any) -> None:
+        super().__init__(handle)
+        self.declared: dict[str, int] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module in ("torch", "torch.storage") and name in _STORAGE_DTYPES:
+            return _StorageType(_STORAGE_DTYPES[name])
+        return _Inert
+
+    def persistent_load(self, pid: Any) -> Any:
+        if isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage":
+            storage_type, key, _location, numel = pid[1:5]
+            dtype = storage_type.dtype if isinstance(storage_type, _StorageType) else torch.uint8
+            if isinstance(numel, int):
+                itemsize = torch.empty((), dtype=dtype).element_size()
+                self.declared[str(key)] = max(self.declared.get(str(key), 0), numel * itemsize)
+        return None
+
+
+class _Inert:
+    """Whatever a legacy pickle names while its sizes are counted: accepts anything, does nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        del args, kwargs
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Inert:
+        return _Inert()
+
+    def __setstate__(self, state: Any) -> None:
+        del state
+
+
+def _legacy_declared_bytes(path: Path) -> int:
+    """The storage bytes a legacy torch file's main pickle declares (magic, version, sys info first)."""
+    with open(path, "rb") as handle:
+        try:
+            for _ in range(3):  # magic number, protocol version, system info
+                _SizeCountingUnpickler(handle).load()
+            counter = _SizeCountingUnpickler(handle)
+            counter.load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+            raise ModelLoadError(
+                f"{path.name}: not a readable PyTorch checkpoint ({_first_line(exc)}); the file may be "
+                "truncated or of another format"
+            ) from exc
+    return sum(counter.declared.values())
 
 
 def _looks_like_torch_file(path: Path) -> bool:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from infer.errors import UnsafeFileError
+from infer.fsutil import check_free_space
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,8 @@ def safe_extract_zip(
     Raises:
         UnsafeFileError: the archive is unreadable, or a member is unsafe or over a limit.
             Nothing is left behind in that case.
+        DiskSpaceError: the members' declared total does not fit in the free space of
+            ``dest_dir``'s disk (checked before anything is written).
     """
     zip_path = Path(zip_path)
     dest = Path(dest_dir)
@@ -273,6 +276,8 @@ def safe_extract_zip(
             max_member_bytes=max_member_bytes,
             suffixes=suffixes,
         )
+        planned = sum(info.file_size for info, _ in to_write)
+        check_free_space(dest.parent, planned, f"{archive} would unpack to", shown=dest.parent.name)
         dest.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
         staging_root = staging.resolve()

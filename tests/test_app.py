@@ -75,6 +75,14 @@ TRAIN_FIELDS = {
     "cm_max_steps": 0,
     "acdd_epochs": 10,
     "acdd_max_steps": 0,
+    "content_encoder": "hubert_base",
+    "device": "auto",
+    "use_highpass": True,
+    "min_length_ms": 1500,
+    "min_interval_ms": 400,
+    "hop_size_ms": 15,
+    "max_sil_kept_ms": 500,
+    "overlap_s": 0.3,
 }
 
 
@@ -127,7 +135,9 @@ def test_convert_defaults_come_from_the_params() -> None:
     from infer.params import ConvertParams
 
     params = forms.convert_params_from_page(forms.convert_defaults())
-    assert params == ConvertParams(refine=None)
+    assert params == ConvertParams(refine=None, seed=forms.DEFAULT_SEED)  # the page fixes the noise
+    assert forms.convert_params_from_page({**forms.convert_defaults(), "seed": -1}).seed is None
+    assert forms.convert_params_from_page({**forms.convert_defaults(), "seed": ""}).seed is None
     assert forms.convert_defaults()["output_sample_rate"] in forms.output_rate_choices()
 
 
@@ -505,7 +515,7 @@ def test_convert_api_takes_the_form_fields_in_order(studio: tuple[Client, Path])
     client, _ = studio
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     convert = [p["parameter_name"] for p in endpoints["/convert"]["parameters"]]
-    assert convert == ["model", "index", "audio", "batch", *CONVERT_PAGE, "device", "precision"]
+    assert convert == ["model", "index", "audio", "batch", *CONVERT_PAGE, "device", "precision", "seed"]
     train = [p["parameter_name"] for p in endpoints["/train_fit"]["parameters"]]
     assert train[:7] == ["experiment", "sample_rate", "version", "use_f0", "size", "uploads", "folder"]
     assert train[7:] == list(TRAIN_FIELDS)

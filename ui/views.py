@@ -18,6 +18,7 @@ import pandas as pd
 
 from infer.catalog import ModelEntry
 from infer.errors import TimbreError
+from infer.options import DEFAULT_CONTENT_ENCODER, OFFLINE_CONTENT_ENCODER
 from ui.jobs import Job
 
 BYTES_PER_MB = 1_000_000
@@ -201,17 +202,28 @@ def _file_line(status: Any, what: str) -> str:
     )
 
 
+def has_whisper() -> bool:
+    try:
+        from infer.content.whisper import has_whisper_package
+    except ImportError:
+        return False
+    return has_whisper_package()
+
+
+def _whisper_missing() -> str:
+    from infer.content.whisper import INSTALL_HINT
+
+    return f"**not installed** ({INSTALL_HINT})"
+
+
 def _whisper_note() -> str:
     """A pointer to the offline content encoder when its package is installed, else ''."""
-    try:
-        from infer.content.whisper import ENCODER_NAME, ENGLISH_NOTE, has_whisper_package
-
-        if not has_whisper_package():
-            return ""
-    except ImportError:
+    if not has_whisper():
         return ""
+    from infer.content.whisper import ENCODER_NAME, ENGLISH_NOTE
+
     return (
-        f"\n\nWithout a download: the offline encoder `{ENCODER_NAME}` is installed "
+        f"\n\nWithout a download: choose the offline encoder `{ENCODER_NAME}` under *Content encoder* "
         f"(`python -m train run --content-encoder {ENCODER_NAME} ...`); {ENGLISH_NOTE}."
     )
 
@@ -224,15 +236,22 @@ def pretrained_status_markdown(
     size: str = "full",
     use_pretrained: bool = True,
     f0_method: str = "auto",
+    content_encoder: str = DEFAULT_CONTENT_ENCODER,
 ) -> str:
     """What training with these settings needs from the pretrained folder, and what is missing."""
     from infer.assets import asset_status, pretrained_pair
 
     status = {s.name: s for s in asset_status(pretrained_dir)}
     encoder = status.get(CONTENT_ENCODER_FILE)
-    lines = ["**Files this training needs**", _file_line(encoder, CONTENT_ENCODER_FILE)]
-    if encoder is None or encoder.state == "missing":
-        lines[-1] += " (the content encoder: feature extraction cannot run without it)"
+    offline = content_encoder == OFFLINE_CONTENT_ENCODER
+    lines = ["**Files this training needs**"]
+    if offline:
+        state = "installed, no download needed" if has_whisper() else _whisper_missing()
+        lines.append(f"- content encoder `{OFFLINE_CONTENT_ENCODER}`: {state}")
+    else:
+        lines.append(_file_line(encoder, CONTENT_ENCODER_FILE))
+        if encoder is None or encoder.state == "missing":
+            lines[-1] += " (the content encoder: feature extraction cannot run without it)"
     if use_f0 and f0_method == "rmvpe":
         lines.append(_file_line(status.get(RMVPE_FILE), RMVPE_FILE))
     elif use_f0 and f0_method == "auto":
@@ -251,7 +270,7 @@ def pretrained_status_markdown(
         else:
             lines += [_file_line(status.get(n), n) for n in names]
     text = "\n".join(lines)
-    if encoder is None or encoder.state == "missing":
+    if not offline and (encoder is None or encoder.state == "missing"):
         text += _whisper_note()
     return text
 

@@ -83,6 +83,13 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
                         value="auto",
                         label="Arithmetic",
                     )
+                    seed = gr.Number(
+                        start["seed"],
+                        precision=0,
+                        minimum=-1,
+                        label="Seed (-1: fresh noise each time)",
+                        elem_id="convert-seed",
+                    )
             with gr.Accordion("Diffusion refinement (models with a diffusion head)", open=False):
                 sampler = gr.Radio(
                     names(SAMPLERS),
@@ -133,7 +140,8 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
             )
             status = gr.Markdown(elem_classes="timbre-status", elem_id="convert-status")
 
-    # The /convert API takes these fields in this order (see README, "Python call").
+    # The /convert API takes these fields in this order (see README, "Python call"); new fields
+    # go at the end so positional callers keep working.
     form = Form(
         {
             "model": model,
@@ -155,6 +163,7 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
             "refine_strength": refine_strength,
             "device": device,
             "precision": precision,
+            "seed": seed,
         }
     )
     refresh.click(studio.refresh_models, model, [model, index_choice, model_info], api_name="refresh_models")

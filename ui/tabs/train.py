@@ -9,6 +9,8 @@ from typing import Any
 import gradio as gr
 
 from infer.options import (
+    CONTENT_ENCODERS,
+    DEVICES,
     MODEL_SAMPLE_RATES_HZ,
     MODEL_SIZES,
     MODEL_VERSIONS,
@@ -25,10 +27,21 @@ from ui.studio import Studio
 from ui.views import JOB_TABLE_HEADERS, job_status_markdown, metrics_frame
 
 POLL_INTERVAL_S = 2.0
+"""The Train tab's refresh while a job runs."""
+IDLE_POLL_INTERVAL_S = 30.0
+"""...and while none does (a job started elsewhere shows within this; see bench/idle.py)."""
 SIZE_LABELS = {"full": "full (RVC networks)", "tiny": "tiny (quick trial)"}
 STAGE_BUTTON_LABELS = {"fit": "Train", "distill": "Distil", "cm": "CM", "acdd": "ACDD"}
 """Button words where the stage's name is not the word the page uses (else the capitalised name)."""
-PRETRAINED_FIELDS = ("sample_rate", "version", "use_f0", "size", "use_pretrained", "f0_method")
+PRETRAINED_FIELDS = (
+    "sample_rate",
+    "version",
+    "use_f0",
+    "size",
+    "use_pretrained",
+    "f0_method",
+    "content_encoder",
+)
 
 
 def _stage_handler(studio: Studio, stage: str) -> Callable[[Any], tuple[Any, ...]]:
@@ -60,8 +73,18 @@ def _settings_form(start: dict[str, Any]) -> Form:
             elem_id="train-size",
         )
         use_f0 = gr.Checkbox(value=start["use_f0"], label="Pitch (f0)")
+    content_encoder = gr.Dropdown(
+        [(f"{c.name}: {c.help}", c.name) for c in CONTENT_ENCODERS.values()],
+        value=start["content_encoder"],
+        label="Content encoder",
+        elem_id="train-content-encoder",
+    )
     uploads = gr.File(file_count="multiple", label="Dataset: audio files or a .zip", elem_id="train-uploads")
-    folder = gr.Textbox(label="...or a folder on the server", max_lines=1)
+    folder = gr.Textbox(
+        label="...or a folder on the server (under datasets/ in the data folder, or a --dataset-root)",
+        max_lines=1,
+        elem_id="train-folder",
+    )
     with gr.Row():
         use_diffusion = gr.Checkbox(value=start["use_diffusion"], label="Train a diffusion head")
         use_distillation = gr.Checkbox(value=start["use_distillation"], label="Distil it for LCM (1-4 steps)")
@@ -94,6 +117,21 @@ def _settings_form(start: dict[str, Any]) -> Form:
             label="F0 method for extraction (auto: rmvpe if present, else fcpe)",
             elem_id="train-f0",
         )
+        with gr.Row():
+            use_highpass = gr.Checkbox(value=start["use_highpass"], label="High-pass filter (48 Hz)")
+            overlap_s = gr.Slider(0.0, 2.0, value=start["overlap_s"], step=0.05, label="Segment overlap (s)")
+        with gr.Row():
+            min_length_ms = gr.Number(
+                start["min_length_ms"], precision=0, minimum=1, label="Slicer: shortest slice (ms)"
+            )
+            min_interval_ms = gr.Number(
+                start["min_interval_ms"], precision=0, minimum=1, label="Slicer: shortest silence (ms)"
+            )
+        with gr.Row():
+            hop_size_ms = gr.Number(start["hop_size_ms"], precision=0, minimum=1, label="Slicer: hop (ms)")
+            max_sil_kept_ms = gr.Number(
+                start["max_sil_kept_ms"], precision=0, minimum=0, label="Slicer: silence kept (ms)"
+            )
     with gr.Accordion("Schedule and step limits", open=False, elem_id="train-schedule"):
         with gr.Row():
             epochs = gr.Slider(1, 1000, value=start["epochs"], step=1, label="Epochs", elem_id="train-epochs")
@@ -159,7 +197,10 @@ def _settings_form(start: dict[str, Any]) -> Form:
             label="Processes for slicing and F0",
             elem_id="train-workers",
         )
-    # The /train_* APIs take these fields in this order.
+        device = gr.Dropdown(
+            names(DEVICES), value=start["device"], label="Training device", info=help_text(DEVICES)
+        )
+    # The /train_* APIs take these fields in this order; new fields go at the end.
     return Form(
         {
             "experiment": experiment,
@@ -194,6 +235,14 @@ def _settings_form(start: dict[str, Any]) -> Form:
             "cm_max_steps": cm_max_steps,
             "acdd_epochs": acdd_epochs,
             "acdd_max_steps": acdd_max_steps,
+            "content_encoder": content_encoder,
+            "device": device,
+            "use_highpass": use_highpass,
+            "min_length_ms": min_length_ms,
+            "min_interval_ms": min_interval_ms,
+            "hop_size_ms": hop_size_ms,
+            "max_sil_kept_ms": max_sil_kept_ms,
+            "overlap_s": overlap_s,
         }
     )
 
@@ -248,9 +297,16 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
             max_height=260,
             elem_classes="timbre-table",
         )
-        timer = gr.Timer(POLL_INTERVAL_S)  # inside the tab: a bare component in gr.Tabs confuses its tab bar
+        timer = gr.Timer(
+            IDLE_POLL_INTERVAL_S
+        )  # inside the tab: a bare component in gr.Tabs confuses its tab bar
 
     view = [job_md, loss_plot, log_box, report_md]
+
+    def pace() -> gr.Timer:
+        """Tick fast while a job runs, slowly otherwise."""
+        return gr.Timer(POLL_INTERVAL_S if studio.has_active_job() else IDLE_POLL_INTERVAL_S)
+
     for stage, button in buttons.items():
         button.click(
             form.handler(_stage_handler(studio, stage)),
@@ -260,7 +316,7 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
             concurrency_limit=1,
             concurrency_id="train_start",
             show_progress="hidden",  # the job's own status shows progress; errors come as a toast
-        )
+        ).then(pace, None, timer, api_visibility="private", show_progress="hidden")
     pretrained = form.subset(*PRETRAINED_FIELDS)
     status_handler = pretrained.handler(studio.pretrained_status)
     gr.on(
@@ -273,10 +329,22 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
     refresh_jobs.click(studio.list_jobs, None, [job_pick, jobs_df], api_name="list_jobs")
     job_pick.change(studio.job_status, job_pick, view, api_name="job_status")
     cancel_btn.click(studio.cancel_job, job_pick, job_md, api_name="cancel_job")
-    resume_btn.click(studio.resume_job, job_pick, job_md, api_name="resume_job")
+    resume_btn.click(studio.resume_job, job_pick, job_md, api_name="resume_job").then(
+        pace, None, timer, api_visibility="private", show_progress="hidden"
+    )
     jobs_df.select(studio.select_job, None, job_pick, api_visibility="private")
-    timer.tick(studio.poll, job_pick, [*view, jobs_df], api_visibility="private", show_progress="hidden")
-    demo.load(studio.page_load, None, [job_pick, jobs_df], api_visibility="private")
+    timer.tick(
+        studio.poll, job_pick, [*view, jobs_df], api_visibility="private", show_progress="hidden"
+    ).then(pace, None, timer, api_visibility="private", show_progress="hidden")
+    demo.load(studio.page_load, None, [job_pick, jobs_df], api_visibility="private").then(
+        pace, None, timer, api_visibility="private", show_progress="hidden"
+    )
+    demo.load(
+        studio.content_encoder_choice,
+        form["content_encoder"],
+        form["content_encoder"],
+        api_visibility="private",
+    )
     demo.load(
         pretrained.handler(studio.pretrained_status),
         pretrained.inputs,
