@@ -158,7 +158,72 @@ def teacher_fingerprint(head: DiffusionHead) -> str:
     return digest.hexdigest()
 
 
-class DistillTrainer(Trainer):
+class TeacherStudentMixin:
+    """What every trainer that distils a frozen teacher head into a student shares.
+
+    The checkpoint carries the teacher's fingerprint (a resume against another teacher is refused)
+    and batches are shuffled windows of the latent dataset, deterministic for (seed, epoch). The
+    subclass names itself (``run_label``, ``run_dirname``) and gives ``window_config``, a config
+    with ``batch_size`` and ``segment_frames``.
+    """
+
+    run_label: str
+    run_dirname: str
+    fingerprint: str
+    dataset: LatentDataset
+    config: TrainerConfig
+
+    @property
+    def window_config(self) -> Any:
+        """The config holding ``batch_size`` and ``segment_frames``."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """The teacher's fingerprint."""
+        return {"teacher_sha256": self.fingerprint}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        """Refuse a checkpoint distilled from another teacher."""
+        if state.get("teacher_sha256") != self.fingerprint or set(state) != {"teacher_sha256"}:
+            raise ResumeError(
+                f"this {self.run_label} checkpoint was made from another teacher head; retraining the "
+                f"teacher invalidates it (delete the {self.run_dirname} run folder to start over)"
+            )
+
+    def batches_per_epoch(self) -> int:
+        """Utterances / batch size, rounded up."""
+        return math.ceil(len(self.dataset) / self.window_config.batch_size)
+
+    def batches(self, epoch: int) -> Iterator[LatentBatch]:
+        """Shuffled windows, deterministic for (seed, epoch)."""
+        wc = self.window_config
+        groups, generator = epoch_order(len(self.dataset), wc.batch_size, self.config.seed, epoch)
+        for group in groups:
+            yield self.dataset.batch(group, wc.segment_frames, generator)
+
+
+class EmaStudentMixin(TeacherStudentMixin):
+    """A student trained by one AdamW with per-epoch decay, and its EMA target."""
+
+    student: nn.Module
+    target: nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+
+    def modules(self) -> dict[str, nn.Module]:
+        """The online student and the EMA target (the teacher is frozen and comes from its head)."""
+        return {"student": self.student, "target": self.target}
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The student's AdamW."""
+        return {"adamw": self.optimizer}
+
+    def schedulers(self) -> dict[str, Any]:
+        """The per-epoch learning-rate decay."""
+        return {"lr": self.lr_scheduler}
+
+
+class DistillTrainer(EmaStudentMixin, Trainer):
     """Latent consistency distillation; see the module docstring.
 
     Args:
@@ -171,6 +236,14 @@ class DistillTrainer(Trainer):
         head_metadata: plain data added to the exported head's metadata.
         progress, should_stop, on_metrics: see :class:`~train.trainer.Trainer`.
     """
+
+    run_label = "distillation"
+    run_dirname = "distill"
+
+    @property
+    def window_config(self) -> DistillConfig:
+        """The distillation settings (batch size, window)."""
+        return self.distill_config
 
     def __init__(
         self,
@@ -221,41 +294,6 @@ class DistillTrainer(Trainer):
         self.lr_scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=dc.lr_decay)
 
     # --- Trainer interface ------------------------------------------------------------------------
-    def modules(self) -> dict[str, nn.Module]:
-        """The online student and the EMA target (the teacher is frozen and comes from its head)."""
-        return {"student": self.student, "target": self.target}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """The student's AdamW."""
-        return {"adamw": self.optimizer}
-
-    def schedulers(self) -> dict[str, Any]:
-        """The per-epoch learning-rate decay."""
-        return {"lr": self.lr_scheduler}
-
-    def extra_state(self) -> dict[str, Any]:
-        """The teacher's fingerprint."""
-        return {"teacher_sha256": self.fingerprint}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint distilled from another teacher."""
-        if state.get("teacher_sha256") != self.fingerprint or set(state) != {"teacher_sha256"}:
-            raise ResumeError(
-                "this distillation checkpoint was made from another teacher head; retraining the teacher "
-                "invalidates it (delete the distill run folder to start over)"
-            )
-
-    def batches_per_epoch(self) -> int:
-        """Utterances / batch size, rounded up."""
-        return math.ceil(len(self.dataset) / self.distill_config.batch_size)
-
-    def batches(self, epoch: int) -> Iterator[LatentBatch]:
-        """Shuffled windows, deterministic for (seed, epoch)."""
-        dc = self.distill_config
-        groups, generator = epoch_order(len(self.dataset), dc.batch_size, self.config.seed, epoch)
-        for group in groups:
-            yield self.dataset.batch(group, dc.segment_frames, generator)
-
     def train_step(self, batch: LatentBatch) -> dict[str, float]:
         """One LCD step (Algorithm 1), then the target EMA update."""
         dc = self.distill_config

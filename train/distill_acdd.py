@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -45,12 +44,11 @@ from train.diffusion import (
     LatentDataset,
     check_fraction,
     check_optimizer_settings,
-    epoch_order,
     masked_mse,
 )
 from train.diffusion_edm import sample_sigmas
-from train.distill import teacher_fingerprint
-from train.trainer import MetricsFn, ResumeError, Trainer, TrainerConfig
+from train.distill import TeacherStudentMixin, teacher_fingerprint
+from train.trainer import MetricsFn, Trainer, TrainerConfig
 from train.vits.losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss
 
 __all__ = ["AcddConfig", "AcddTrainer", "score_distillation_target", "vits_latent"]
@@ -153,7 +151,7 @@ def score_distillation_target(
     return guided_denoise(teacher, noisy, sigma, cond, config, guidance_weight)  # type: ignore[arg-type]
 
 
-class AcddTrainer(Trainer):
+class AcddTrainer(TeacherStudentMixin, Trainer):
     """ACDD; see the module docstring.
 
     Args:
@@ -169,6 +167,14 @@ class AcddTrainer(Trainer):
         head_metadata: plain data added to the exported head's metadata.
         progress, should_stop, on_metrics: see :class:`~train.trainer.Trainer`.
     """
+
+    run_label = "ACDD"
+    run_dirname = "acdd"
+
+    @property
+    def window_config(self) -> AcddConfig:
+        """The ACDD settings (batch size, window)."""
+        return self.acdd_config
 
     def __init__(
         self,
@@ -236,29 +242,6 @@ class AcddTrainer(Trainer):
     def schedulers(self) -> dict[str, Any]:
         """Per-epoch learning-rate decays."""
         return {"student": self.scheduler_g, "discriminator": self.scheduler_d}
-
-    def extra_state(self) -> dict[str, Any]:
-        """The teacher's fingerprint."""
-        return {"teacher_sha256": self.fingerprint}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint distilled from another teacher."""
-        if state.get("teacher_sha256") != self.fingerprint or set(state) != {"teacher_sha256"}:
-            raise ResumeError(
-                "this ACDD checkpoint was made from another teacher head; retraining the teacher "
-                "invalidates it (delete the acdd run folder to start over)"
-            )
-
-    def batches_per_epoch(self) -> int:
-        """Utterances / batch size, rounded up."""
-        return math.ceil(len(self.dataset) / self.acdd_config.batch_size)
-
-    def batches(self, epoch: int) -> Iterator[LatentBatch]:
-        """Shuffled windows, deterministic for (seed, epoch)."""
-        ac = self.acdd_config
-        groups, generator = epoch_order(len(self.dataset), ac.batch_size, self.config.seed, epoch)
-        for group in groups:
-            yield self.dataset.batch(group, ac.segment_frames, generator)
 
     def student_output(self, x_start: Tensor, sigma: Tensor, cond: Conditions) -> Tensor:
         """The student's one evaluation ``D_student(x_start, sigma)``, (B, C, T) scaled."""

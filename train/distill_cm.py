@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,11 +39,10 @@ from train.diffusion import (
     check_fraction,
     check_optimizer_settings,
     ema_update,
-    epoch_order,
     masked_mse,
 )
-from train.distill import DISTANCES, pseudo_huber, teacher_fingerprint
-from train.trainer import MetricsFn, ResumeError, Trainer, TrainerConfig
+from train.distill import DISTANCES, EmaStudentMixin, pseudo_huber, teacher_fingerprint
+from train.trainer import MetricsFn, Trainer, TrainerConfig
 
 __all__ = ["ConsistencyDistillConfig", "ConsistencyTrainer", "consistency_target"]
 
@@ -140,7 +138,7 @@ def consistency_target(
     return edm_denoise(target, x_lo, sigma_lo, cond, config, use_boundary=True)
 
 
-class ConsistencyTrainer(Trainer):
+class ConsistencyTrainer(EmaStudentMixin, Trainer):
     """Consistency distillation of an EDM teacher; see the module docstring.
 
     Args:
@@ -153,6 +151,14 @@ class ConsistencyTrainer(Trainer):
         head_metadata: plain data added to the exported head's metadata.
         progress, should_stop, on_metrics: see :class:`~train.trainer.Trainer`.
     """
+
+    run_label = "consistency"
+    run_dirname = "cm"
+
+    @property
+    def window_config(self) -> ConsistencyDistillConfig:
+        """The distillation settings (batch size, window)."""
+        return self.distill_config
 
     def __init__(
         self,
@@ -200,41 +206,6 @@ class ConsistencyTrainer(Trainer):
         self.lr_scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=dc.lr_decay)
 
     # --- Trainer interface ------------------------------------------------------------------------
-    def modules(self) -> dict[str, nn.Module]:
-        """The online student and the EMA target."""
-        return {"student": self.student, "target": self.target}
-
-    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        """The student's AdamW."""
-        return {"adamw": self.optimizer}
-
-    def schedulers(self) -> dict[str, Any]:
-        """The per-epoch learning-rate decay."""
-        return {"lr": self.lr_scheduler}
-
-    def extra_state(self) -> dict[str, Any]:
-        """The teacher's fingerprint."""
-        return {"teacher_sha256": self.fingerprint}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        """Refuse a checkpoint distilled from another teacher."""
-        if state.get("teacher_sha256") != self.fingerprint or set(state) != {"teacher_sha256"}:
-            raise ResumeError(
-                "this consistency checkpoint was made from another teacher head; retraining the teacher "
-                "invalidates it (delete the cm run folder to start over)"
-            )
-
-    def batches_per_epoch(self) -> int:
-        """Utterances / batch size, rounded up."""
-        return math.ceil(len(self.dataset) / self.distill_config.batch_size)
-
-    def batches(self, epoch: int) -> Iterator[LatentBatch]:
-        """Shuffled windows, deterministic for (seed, epoch)."""
-        dc = self.distill_config
-        groups, generator = epoch_order(len(self.dataset), dc.batch_size, self.config.seed, epoch)
-        for group in groups:
-            yield self.dataset.batch(group, dc.segment_frames, generator)
-
     def train_step(self, batch: LatentBatch) -> dict[str, float]:
         """One consistency-distillation step, then the target EMA update."""
         dc = self.distill_config

@@ -52,6 +52,22 @@ def _stage_handler(studio: Studio, stage: str) -> Callable[[Any], tuple[Any, ...
     return start
 
 
+def _head_schedule(
+    start: dict, stage: str, label: str, steps_elem_id: str | None = None
+) -> tuple[gr.Slider, gr.Number]:
+    """One row of a head-training stage's schedule: ``<stage>_epochs`` and ``<stage>_max_steps``."""
+    with gr.Row():
+        epochs = gr.Slider(1, 500, value=start[f"{stage}_epochs"], step=1, label=f"{label} epochs")
+        max_steps = gr.Number(
+            start[f"{stage}_max_steps"],
+            precision=0,
+            minimum=0,
+            label=f"{label} max steps",
+            elem_id=steps_elem_id,
+        )
+    return epochs, max_steps
+
+
 def _settings_form(start: dict[str, Any]) -> Form:
     """The training settings widgets, laid out in the current column, as one form."""
     experiment = gr.Textbox(
@@ -157,38 +173,14 @@ def _settings_form(start: dict[str, Any]) -> Form:
         use_pretrained = gr.Checkbox(
             value=start["use_pretrained"], label="Start from the pretrained base (full size)"
         )
-        with gr.Row():
-            diffusion_epochs = gr.Slider(
-                1, 500, value=start["diffusion_epochs"], step=1, label="Diffusion epochs"
-            )
-            diffusion_max_steps = gr.Number(
-                start["diffusion_max_steps"],
-                precision=0,
-                minimum=0,
-                label="Diffusion max steps",
-                elem_id="train-diff-steps",
-            )
-        with gr.Row():
-            distill_epochs = gr.Slider(
-                1, 500, value=start["distill_epochs"], step=1, label="Distillation epochs"
-            )
-            distill_max_steps = gr.Number(
-                start["distill_max_steps"],
-                precision=0,
-                minimum=0,
-                label="Distillation max steps",
-                elem_id="train-lcm-steps",
-            )
-        with gr.Row():
-            cm_epochs = gr.Slider(1, 500, value=start["cm_epochs"], step=1, label="Consistency epochs")
-            cm_max_steps = gr.Number(
-                start["cm_max_steps"], precision=0, minimum=0, label="Consistency max steps"
-            )
-        with gr.Row():
-            acdd_epochs = gr.Slider(1, 500, value=start["acdd_epochs"], step=1, label="ACDD epochs")
-            acdd_max_steps = gr.Number(
-                start["acdd_max_steps"], precision=0, minimum=0, label="ACDD max steps"
-            )
+        diffusion_epochs, diffusion_max_steps = _head_schedule(
+            start, "diffusion", "Diffusion", "train-diff-steps"
+        )
+        distill_epochs, distill_max_steps = _head_schedule(
+            start, "distill", "Distillation", "train-lcm-steps"
+        )
+        cm_epochs, cm_max_steps = _head_schedule(start, "cm", "Consistency")
+        acdd_epochs, acdd_max_steps = _head_schedule(start, "acdd", "ACDD")
         workers = gr.Slider(
             1,
             MAX_WORKERS,
