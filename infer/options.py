@@ -153,6 +153,12 @@ DEVICES: dict[str, Choice] = _table(
     Choice("cpu", "the CPU"),
     Choice("cuda", "the first CUDA (or ROCm) GPU"),
 )
+ENGINES: dict[str, Choice] = _table(
+    Choice("torch", "the voice's RVC synthesizer in PyTorch (every feature)"),
+    Choice("onnx", "the voice's synthesizer exported to ONNX, run by onnxruntime (CPU)"),
+    Choice("student", "the voice's causal live student (LLVC-style): lowest latency, one CPU thread"),
+)
+"""What runs a voice: conversion takes ``torch`` or ``onnx``; live and stream also ``student``."""
 MODEL_SIZES: dict[str, Choice] = _table(
     Choice("full", "RVC's networks (fine-tunes the pretrained base files)"),
     Choice("tiny", "tiny networks for a quick trial (from scratch)"),
