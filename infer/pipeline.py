@@ -30,7 +30,7 @@ from infer.options import DEFAULT_CONTENT_ENCODER
 from infer.params import ConversionResult, ConvertParams, PaddingConfig
 from infer.pitch import PitchExtractor, default_method, get_pitch_extractor
 from infer.pitch.f0 import f0_to_coarse, median_filter_f0, shift_semitones
-from infer.precision import resolve_precision
+from infer.precision import bf16_refusal, resolve_precision
 from infer.progress import ProgressFn, StopFn, check_stop, report, sub_progress
 from infer.retrieval import search_and_blend
 from infer.voice import Resources, Voice, load_voice
@@ -117,6 +117,12 @@ class Converter:
         self.voice = voice
         self.resources = resources or Resources(device=str(voice.device))
         self.precision = resolve_precision(self.resources.precision, voice.device, voice.dtype)
+        # Why the arithmetic asked for was not used ("" when it was); a conversion warns with it.
+        self.precision_note = (
+            bf16_refusal(voice.device)
+            if self.resources.precision == "bf16" and self.precision == "fp32"
+            else ""
+        )
         self._encoder: ContentEncoder | None = None
 
     @property
@@ -280,6 +286,8 @@ def _convert_whole(
     started = time.perf_counter()
     audio = np.asarray(audio_16k, dtype=np.float32)
     warnings = list(check_convertible(audio, SAMPLE_RATE_16K).warnings)
+    if converter.precision_note:
+        warnings.append(converter.precision_note)
     peak = float(np.abs(audio).max())
     if peak / INPUT_PEAK_LIMIT > 1:
         audio = audio / (peak / INPUT_PEAK_LIMIT)

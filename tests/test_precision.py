@@ -46,7 +46,39 @@ def test_auto_picks_bf16_only_on_cpus_with_native_bf16(
     monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: native)
     assert resolve_precision("auto", device, torch.float32) == expected
     assert resolve_precision("fp32", device, torch.float32) == "fp32"
-    assert resolve_precision("bf16", device, torch.float32) == "bf16"
+    assert resolve_precision("bf16", device, torch.float32) == (
+        "bf16" if native or device != "cpu" else "fp32"
+    )
+
+
+AVX2_ONLY = frozenset({"fpu", "sse2", "avx", "avx2", "fma"})
+AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512bw", "avx512_bf16"}
+AMX = AVX2_ONLY | {"amx_tile", "amx_bf16"}
+
+
+@pytest.mark.parametrize(("flags", "auto", "explicit"), [
+    (AVX2_ONLY, "fp32", "fp32"),
+    (AVX512_BF16, "bf16", "bf16"),
+    (AMX, "bf16", "bf16"),
+])  # fmt: skip
+def test_explicit_bf16_never_takes_the_emulated_path(
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    flags: frozenset[str],
+    auto: str,
+    explicit: str,
+) -> None:
+    monkeypatch.setattr(precision_mod.platform, "machine", lambda: "x86_64")
+    with caplog.at_level("WARNING", logger="infer.precision"):
+        assert resolve_precision("auto", "cpu", torch.float32, flags=flags) == auto
+        assert not caplog.records
+        assert resolve_precision("bf16", "cpu", torch.float32, flags=flags) == explicit
+    refused = explicit == "fp32"
+    assert bool(caplog.records) == refused
+    if refused:
+        (record,) = caplog.records
+        assert "no native bfloat16" in record.getMessage() and "fp32 instead" in record.getMessage()
+    assert resolve_precision("bf16", "cuda", torch.float32, flags=flags) == "bf16"
 
 
 def test_half_weights_and_bad_names_are_refused_or_reported() -> None:
@@ -82,6 +114,7 @@ def test_bf16_conversion_stays_close_to_fp32_and_auto_follows_the_cpu(
     speech = load_audio(VOICES_DIR / "us2" / "speech" / "001.flac", 16000)
     voice = load_voice(kit["model"])
     params = ConvertParams(f0_method="pm", seed=3)
+    monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: True)  # runs the bf16 path anywhere
     results = {
         name: convert(
             speech, voice, params, resources=Resources(pretrained_dir=kit["pretrained"], precision=name)
@@ -99,6 +132,25 @@ def test_bf16_conversion_stays_close_to_fp32_and_auto_follows_the_cpu(
         auto = convert(speech, voice, params, resources=Resources(pretrained_dir=kit["pretrained"]))
         assert auto.precision == expected
         np.testing.assert_array_equal(auto.audio, results[expected].audio)
+
+
+def test_a_conversion_asked_for_bf16_on_an_emulating_cpu_runs_fp32_and_says_so(
+    kit: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: False)
+    speech = load_audio(VOICES_DIR / "us2" / "speech" / "001.flac", 16000)[:32000]
+    voice = load_voice(kit["model"])
+    params = ConvertParams(f0_method="pm", seed=3)
+    results = {
+        name: convert(
+            speech, voice, params, resources=Resources(pretrained_dir=kit["pretrained"], precision=name)
+        )
+        for name in ("bf16", "fp32")
+    }
+    assert results["bf16"].precision == "fp32"
+    assert any("no native bfloat16" in w for w in results["bf16"].warnings)
+    assert not any("bfloat16" in w for w in results["fp32"].warnings)
+    np.testing.assert_array_equal(results["bf16"].audio, results["fp32"].audio)
 
 
 def test_cli_precision_flag(kit: dict[str, Path], tmp_path: Path) -> None:

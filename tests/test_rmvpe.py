@@ -90,7 +90,11 @@ def test_extract_matches_golden_and_length(extractor: RmvpeExtractor, golden: di
     f0 = extractor.extract(audio, f0_min_hz=1.0, f0_max_hz=5000.0)
     assert f0.dtype == np.float32 and f0.shape == (audio.shape[0] // 160,)
     np.testing.assert_allclose(f0, golden["f0"][: f0.shape[0]], rtol=1e-5, atol=1e-2)
-    gated = extractor.extract(audio, p_len=120)
+    # RVC applies no F0 range to RMVPE: by default every frame the network finds voiced stays.
+    ungated = extractor.extract(audio)
+    np.testing.assert_allclose(ungated, golden["f0"][: ungated.shape[0]], rtol=1e-5, atol=1e-2)
+    assert (ungated > 1100).sum() == (golden["f0"][: ungated.shape[0]] > 1100).sum() > 0
+    gated = extractor.extract(audio, p_len=120, f0_min_hz=50.0, f0_max_hz=1100.0)
     assert gated.shape == (120,) and np.all(gated[105:] == 0)
     voiced = gated[:105] > 0
     assert np.all((gated[:105][voiced] >= 50) & (gated[:105][voiced] <= 1100))
@@ -152,7 +156,7 @@ def test_segmented_matches_single_pass(extractor: RmvpeExtractor) -> None:
     exact = RmvpeExtractor(TINY, segment_frames=128, context_frames=224).salience(audio)
     assert np.abs(exact - single).max() < 1e-5
     # extract() decodes block by block without holding the whole salience: same F0 exactly.
-    blockwise = segmented.extract(audio)
+    blockwise = segmented.extract(audio, f0_min_hz=50.0, f0_max_hz=1100.0)
     whole = fit_length(gate_range(decode_salience(salience), 50.0, 1100.0), audio.shape[0] // 160)
     assert segmented.segment_frames < blockwise.shape[0]  # several blocks were decoded
     np.testing.assert_array_equal(blockwise, whole)
@@ -197,3 +201,18 @@ def test_frame_store_round_trip_and_full_disk() -> None:
         store._file = FullDisk()  # type: ignore[assignment]
         with pytest.raises(TimbreError, match=r"cannot write temporary frames.*No space left on device"):
             store.write(0, values)
+
+
+def test_long_input_f0_is_the_reference_whole_input_decode(extractor: RmvpeExtractor) -> None:
+    """Pins the long-input path: segments with context past the receptive field, the BiGRU carried
+    across them, and no F0 range, equal the reference's single pass (``infer_from_audio``:
+    whole-input mel, U-Net, BiGRU, then decode with threshold 0.03 and nothing else)."""
+    audio, rate = sf.read(VOICES_DIR / "us1" / "singing" / "a02_scale_la.flac", dtype="float32")
+    assert rate == 16000
+    audio = np.tile(audio, 2)[: 16000 * 12]
+    reference = decode_salience(extractor.salience(audio))  # one pass: 1201 frames < 4096
+    segmented = RmvpeExtractor(TINY, segment_frames=256, context_frames=224)
+    f0 = segmented.extract(audio)
+    assert f0.shape[0] > 4 * segmented.segment_frames
+    np.testing.assert_allclose(f0, fit_length(reference, f0.shape[0]), rtol=1e-4, atol=1e-3)
+    assert np.array_equal(f0 > 0, fit_length(reference, f0.shape[0]) > 0)

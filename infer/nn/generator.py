@@ -14,6 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from infer.nn.fftconv import fft_conv1d, fft_pays, fft_usable
 from infer.nn.weight_norm import WeightNormConv1d, WeightNormConvTranspose1d, WeightNormMixin
 
 __all__ = [
@@ -80,13 +81,29 @@ class ResBlock1(nn.Module):
             for _ in dilations
         )
 
+        self.use_fft = fft_pays(channels, kernel_size)
+
     def forward(self, x: Tensor) -> Tensor:
-        """x: (B, C, T) or channels-last (B, C, 1, T) -> same shape."""
+        """x: (B, C, T) or channels-last (B, C, 1, T) -> same shape.
+
+        Wide kernels take the FFT path (:mod:`infer.nn.fftconv`) in CPU fp32 inference.
+        """
+        if self.use_fft and all(fft_usable(x, conv) for conv in (*self.convs1, *self.convs2)):
+            return self._forward_fft(x)
         for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
             xt = apply_conv(conv1, F.leaky_relu(x, LEAKY_SLOPE))
             xt = apply_conv(conv2, F.leaky_relu_(xt, LEAKY_SLOPE))
             x = xt.add_(x)
         return x
+
+    def _forward_fft(self, x: Tensor) -> Tensor:
+        four_d = x.dim() == 4
+        h = x.squeeze(2).contiguous() if four_d else x
+        for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
+            ht = fft_conv1d(conv1, F.leaky_relu(h, LEAKY_SLOPE))
+            ht = fft_conv1d(conv2, F.leaky_relu_(ht, LEAKY_SLOPE))
+            h = ht.add_(h)
+        return _to_channels_last(h) if four_d else h
 
 
 class ResBlock2(nn.Module):

@@ -600,13 +600,21 @@ class RmvpeExtractor:
         audio_16k: np.ndarray,
         *,
         p_len: int | None = None,
-        f0_min_hz: float = DEFAULT_F0_MIN_HZ,
-        f0_max_hz: float = DEFAULT_F0_MAX_HZ,
+        f0_min_hz: float | None = None,
+        f0_max_hz: float | None = None,
         progress: ProgressFn | None = None,
         should_stop: StopFn | None = None,
     ) -> np.ndarray:
-        """(L,) 16 kHz audio -> (p_len,) float32 F0 Hz; frames outside the F0 range become 0."""
+        """(L,) 16 kHz audio -> (p_len,) float32 F0 Hz.
+
+        With no range given, every frame RMVPE finds voiced stays voiced, whatever its F0, as in
+        RVC (its conversion and its training extraction apply no F0 range to RMVPE, only pm and
+        harvest take ``f0_min``/``f0_max``). Given a range, frames outside it become 0.
+        """
         audio = check_audio(audio_16k)
+        gate = f0_min_hz is not None or f0_max_hz is not None
+        f0_min_hz = DEFAULT_F0_MIN_HZ if f0_min_hz is None else f0_min_hz
+        f0_max_hz = DEFAULT_F0_MAX_HZ if f0_max_hz is None else f0_max_hz
         check_range(f0_min_hz, f0_max_hz)
         p_len = resolve_p_len(audio.shape[0], p_len)
         if audio.shape[0] == 0:
@@ -615,4 +623,4 @@ class RmvpeExtractor:
         f0 = np.empty(audio.shape[0] // HOP_LENGTH + 1, dtype=np.float64)
         for start, block in self._salience_blocks(audio, progress, should_stop):
             f0[start : start + block.shape[0]] = decode_salience(block, self.threshold)
-        return fit_length(gate_range(f0, f0_min_hz, f0_max_hz), p_len)
+        return fit_length(gate_range(f0, f0_min_hz, f0_max_hz) if gate else f0.astype(np.float32), p_len)
