@@ -34,8 +34,7 @@ from __future__ import annotations
 import os
 import sys
 
-if "--no-thp" not in sys.argv:
-    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "0" if "--no-thp" in sys.argv else "1")
 
 import argparse
 import json
@@ -48,11 +47,11 @@ from typing import Any
 
 import numpy as np
 
-REPO_DIR = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO_DIR))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import OUT_DIR, ensure_kit, load_average, load_input, machine_line, median, snr_db
 
+REPO_DIR = Path(__file__).resolve().parents[1]
 WORK_DIR = OUT_DIR / "vs_rvc"
 WARMUP_S = 10.0
 SETTINGS = {"index_rate": 0.75, "filter_radius": 3, "rms_mix_rate": 0.25, "protect": 0.33}
@@ -159,7 +158,7 @@ def _run_rvc(args: argparse.Namespace, kit: Any, audio: np.ndarray, warmup: np.n
     hubert = build_hubert(hubert_config, hubert_state).eval()
     _hide_timbre_packages()
     sys.path.insert(0, str(args.rvc_dir.resolve()))
-    os.environ["rmvpe_root"] = str(kit.pretrained_dir)
+    os.environ["rmvpe_root"] = str(kit.pretrained_dir)  # noqa: SIM112 (the reference's own name)
     _stub_torchcrepe()
     from infer.lib.infer_pack.models import SynthesizerTrnMs768NSFsid  # the reference's
     from infer.modules.vc import pipeline as rvc_pipeline
@@ -418,17 +417,24 @@ def _speed(args: argparse.Namespace) -> dict[tuple[str, str], np.ndarray]:
     return {key: items[-1]["output"] for key, items in runs.items()}
 
 
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(a.shape[0], b.shape[0])
+    return float(np.max(np.abs(a[:n] - b[:n])))
+
+
 def _f0_agreement(ref: np.ndarray, ours: np.ndarray) -> str:
     n = min(ref.shape[-1], ours.shape[-1])
     ref, ours = ref[..., :n].ravel(), ours[..., :n].ravel()
     vr, vo = ref > 0, ours > 0
     both = vr & vo
-    cents = 1200 * np.abs(np.log2(ours[both] / ref[both])) if both.any() else np.zeros(0)
+    cents = 1200 * np.abs(np.log2(ours[both] / ref[both])) if both.any() else np.zeros(1)
+    agree = 100 * float(np.mean(vr == vo))
+    med_ref = float(np.median(ref[vr])) if vr.any() else 0.0
+    med_ours = float(np.median(ours[vo])) if vo.any() else 0.0
     return (
-        f"voiced {int(vr.sum())} vs {int(vo.sum())} of {n}; voicing agrees on {100 * float(np.mean(vr == vo)):.2f}% "
-        f"of frames; median F0 {np.median(ref[vr]) if vr.any() else 0:.1f} vs {np.median(ours[vo]) if vo.any() else 0:.1f} Hz; "
-        f"|cents| on frames voiced in both: median {np.median(cents) if cents.size else 0:.4f}, "
-        f"max {cents.max() if cents.size else 0:.4f}"
+        f"voiced {int(vr.sum())} vs {int(vo.sum())} of {n}; voicing agrees on {agree:.2f}% of frames; "
+        f"median F0 {med_ref:.1f} vs {med_ours:.1f} Hz; |cents| on frames voiced in both: "
+        f"median {np.median(cents):.4f}, max {cents.max():.4f}"
     )
 
 
@@ -473,7 +479,7 @@ def _stages(args: argparse.Namespace) -> None:
                     "audio (reference int16 / 32768)",
                     str(ref["output"].shape[0]),
                     f"{snr:.1f}",
-                    f"{float(np.max(np.abs(ref['output'][: ours['output'].shape[0]] - ours['output'][: ref['output'].shape[0]]))):.3g}",
+                    f"{_max_diff(ref['output'], ours['output']):.3g}",
                 ]
             )
         )

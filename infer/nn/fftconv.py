@@ -70,7 +70,7 @@ def _spectrum(layer: nn.Conv1d, block: int) -> Tensor:
     cached = getattr(layer, "_fft_spectrum", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    out_ch, in_ch, k = weight.shape
+    out_ch, in_ch, _ = weight.shape
     taps = weight.new_zeros(out_ch, in_ch, block)
     taps[:, :, 0 : span(layer) : layer.dilation[0]] = weight.detach()
     spectrum = torch.fft.rfft(taps).conj().permute(2, 1, 0)  # (F, C_in, C_out)
