@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from infer.options import (
     CONVERT_PRECISIONS,
+    DEVICES,
     F0_METHODS,
     OUTPUT_FORMATS,
     REFINE_STARTS,
@@ -70,7 +71,7 @@ def add_convert_options(p: argparse.ArgumentParser, *, is_model_required: bool =
     p.add_argument("--content-encoder", default=None, help="name or path of the content encoder weights")
     p.add_argument("--rmvpe", type=Path, default=None, help="path of rmvpe.pt")
     p.add_argument("--pretrained-dir", type=Path, default=None, help="folder of base files")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help=f"{help_text(DEVICES)}; or cuda:N, xpu:N")
     p.add_argument("--half", action="store_true", help="fp16 weights on CUDA (RVC's is_half)")
     p.add_argument(
         "--precision", choices=names(CONVERT_PRECISIONS), default="auto", help=help_text(CONVERT_PRECISIONS)
@@ -106,7 +107,7 @@ def _add_separate_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Write OUTPUT/<song>.vocals.flac and OUTPUT/<song>.instrumental.flac for each song.",
     )
     _add_separation_options(p)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help=f"{help_text(DEVICES)}; or cuda:N, xpu:N")
 
 
 def _add_cover_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -282,14 +283,17 @@ def _output_paths(files: list[Path], output: Path, fmt: str | None) -> list[Path
 
 def converter_from_args(args: argparse.Namespace) -> Any:
     """The prepared :class:`~infer.pipeline.Converter` the conversion flags ask for."""
+    import dataclasses
+
     import torch
 
     from infer.assets import default_pretrained_dir
+    from infer.devices import resolve_device
     from infer.pipeline import Converter, Resources, load_voice
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    resources = Resources(
+    resources = Resources(  # checks the settings before a device is looked for
         pretrained_dir=args.pretrained_dir or default_pretrained_dir(),
         content_encoder=args.content_encoder,
         rmvpe_path=args.rmvpe,
@@ -297,7 +301,9 @@ def converter_from_args(args: argparse.Namespace) -> Any:
         use_half=args.half,
         precision=args.precision,
     )
-    voice = load_voice(args.model, args.index, device=args.device, use_half=args.half)
+    device = str(resolve_device(args.device))
+    resources = dataclasses.replace(resources, device=device)
+    voice = load_voice(args.model, args.index, device=device, use_half=args.half)
     return Converter(voice, resources)
 
 

@@ -151,7 +151,9 @@ TRAIN_PRECISIONS: dict[str, Choice] = _table(
 DEVICES: dict[str, Choice] = _table(
     Choice("auto", "the best device available"),
     Choice("cpu", "the CPU"),
-    Choice("cuda", "the first CUDA (or ROCm) GPU"),
+    Choice("cuda", "the first CUDA (or ROCm) GPU; cuda:N for another"),
+    Choice("xpu", "the first Intel GPU (XPU); xpu:N for another"),
+    Choice("mps", "the Apple GPU (Metal, MPS)"),
 )
 ENGINES: dict[str, Choice] = _table(
     Choice("torch", "the voice's RVC synthesizer in PyTorch (every feature)"),

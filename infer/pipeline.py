@@ -23,6 +23,7 @@ import torch
 from infer import dsp, rvc
 from infer.audio import check_convertible, resample
 from infer.content import ContentEncoder, load_content_encoder
+from infer.devices import synchronize
 from infer.diffusion.refine import refine
 from infer.errors import ModelLoadError, TimbreError
 from infer.memory import release_free_memory
@@ -72,7 +73,7 @@ def split_points(audio_16k: np.ndarray, padding: PaddingConfig) -> list[int]:
 
 
 class StageTimer:
-    """Seconds spent per stage, summed over calls (CUDA work is synchronised before reading)."""
+    """Seconds spent per stage, summed over calls (GPU work is synchronised before reading)."""
 
     def __init__(self, device: torch.device) -> None:
         self.totals: dict[str, float] = {}
@@ -80,8 +81,7 @@ class StageTimer:
 
     def add(self, stage: str, start: float) -> float:
         """Add the time since ``start`` to ``stage``; returns now, the next stage's start."""
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
+        synchronize(self._device)
         now = time.perf_counter()
         self.totals[stage] = self.totals.get(stage, 0.0) + now - start
         return now

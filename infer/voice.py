@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from infer.assets import default_pretrained_dir
+from infer.devices import resolve_device, uses_half_weights
 from infer.diffusion.denoiser import Denoiser
 from infer.diffusion.head import (
     DiffusionHead,
@@ -75,7 +76,7 @@ class Resources:
         content_encoder: content encoder name or path; None takes the voice model's.
         rmvpe_path: RMVPE weights; None looks in ``pretrained_dir``.
         device: torch device string.
-        use_half: fp16 weights on a CUDA device (RVC's ``is_half``).
+        use_half: fp16 weights on a CUDA or XPU device (RVC's ``is_half``).
         precision: ``'auto'`` (default: ``'bf16'`` on CPUs with native bfloat16, ``'fp32'``
             elsewhere), ``'fp32'`` (RVC's CPU arithmetic, its exact numbers) or ``'bf16'`` (the
             content encoder and the decoder under bfloat16 autocast, about twice as fast; about
@@ -117,8 +118,8 @@ def load_voice(
     index_path = Path(index_path) if index_path else None
     if index_path is not None and not index_path.is_file():
         raise ModelLoadError(f"index file not found: {index_path}")
-    torch_device = torch.device(device)
-    dtype = torch.float16 if use_half and torch_device.type == "cuda" else torch.float32
+    torch_device = resolve_device(device)
+    dtype = torch.float16 if uses_half_weights(torch_device, use_half) else torch.float32
     key = (_file_key(model_path), _file_key(index_path) if index_path else None, str(torch_device), dtype)
     with _CACHE_LOCK:
         if key in _VOICE_CACHE:

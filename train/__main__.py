@@ -95,7 +95,7 @@ def _add_settings(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--cm-max-steps", type=int, default=d("cm_max_steps"))
     p.add_argument("--acdd-epochs", type=int, default=d("acdd_epochs"))
     p.add_argument("--acdd-max-steps", type=int, default=d("acdd_max_steps"))
-    p.add_argument("--device", default=d("device"), help=f"{help_text(DEVICES)}; or cuda:N")
+    p.add_argument("--device", default=d("device"), help=f"{help_text(DEVICES)}; or cuda:N, xpu:N")
     p.add_argument("--workers", type=int, default=d("workers"))
     p.add_argument(
         "--no-report",
