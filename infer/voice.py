@@ -21,6 +21,7 @@ from infer.diffusion.head import (
 )
 from infer.errors import ModelLoadError
 from infer.models import VoiceModel, build_synthesizer, load_voice_model
+from infer.options import CONVERT_ENGINES
 from infer.precision import check_precision
 from infer.retrieval import RetrievalIndex, check_dim, load_index
 from infer.synthesizer import Synthesizer
@@ -81,6 +82,8 @@ class Resources:
             elsewhere), ``'fp32'`` (RVC's CPU arithmetic, its exact numbers) or ``'bf16'`` (the
             content encoder and the decoder under bfloat16 autocast, about twice as fast; about
             45 dB SNR against fp32). See :mod:`infer.precision`.
+        engine: what runs the synthesizer: ``'torch'`` or ``'onnx'`` (onnxruntime on the CPU,
+            see :mod:`infer.onnx_synth`); from :data:`infer.options.ENGINES`.
     """
 
     pretrained_dir: Path = field(default_factory=default_pretrained_dir)
@@ -89,9 +92,12 @@ class Resources:
     device: str = "cpu"
     use_half: bool = False
     precision: str = "auto"
+    engine: str = "torch"
 
     def __post_init__(self) -> None:
         check_precision(self.precision, half_weights=self.use_half)
+        if self.engine not in CONVERT_ENGINES:
+            raise ValueError(f"engine must be one of {CONVERT_ENGINES} for a conversion, got {self.engine!r}")
 
 
 _VOICE_CACHE: OrderedDict[tuple[Any, ...], Voice] = OrderedDict()

@@ -71,7 +71,9 @@ TABLE = [
 
 
 @pytest.mark.parametrize(("machine", "choice", "expected"), TABLE)
-def test_resolver_table(monkeypatch: pytest.MonkeyPatch, machine: str, choice: str | None, expected: str | None):
+def test_resolver_table(
+    monkeypatch: pytest.MonkeyPatch, machine: str, choice: str | None, expected: str | None
+):
     fake_machine(monkeypatch, **MACHINES[machine])
     if expected is None:
         with pytest.raises(DeviceError) as info:
@@ -116,7 +118,13 @@ def test_every_vocabulary_name_parses_and_the_real_machine_resolves_auto():
 
 @pytest.mark.parametrize(
     ("device", "use_half", "expected"),
-    [("cuda:0", True, True), ("xpu:0", True, True), ("mps", True, False), ("cpu", True, False), ("cuda:0", False, False)],
+    [
+        ("cuda:0", True, True),
+        ("xpu:0", True, True),
+        ("mps", True, False),
+        ("cpu", True, False),
+        ("cuda:0", False, False),
+    ],
 )
 def test_half_weights_only_where_they_run(device, use_half, expected):
     assert uses_half_weights(torch.device(device), use_half) is expected

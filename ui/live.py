@@ -40,10 +40,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from infer.errors import TimbreError
+from infer.home import asset_path
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "assets" / "live"
+STATIC_DIR = asset_path("live")
 STATIC_FILES = frozenset({"live.js", "live-worklet.js"})
 MAX_SESSIONS = 2
 """Live streams at once (each keeps a core busy)."""
