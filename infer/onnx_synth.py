@@ -64,15 +64,17 @@ class OnnxError(TimbreError):
     """ONNX export or onnxruntime failed, or is not installed."""
 
 
-def nsf_noise_from(rnd: Tensor, hop: int) -> Tensor:
+def nsf_noise_from(rnd: Tensor, hop: int, inter_channels: int | None = None) -> Tensor:
     """The NSF source noise the graph derives from ``rnd``: (1, inter, T) -> (1, T*hop, 1).
 
     ``rnd``'s values, frame-major, repeated until they cover T*hop samples: white noise with the
-    period of the whole input, so no pattern is audible.
+    period of the whole input, so no pattern is audible. ``inter_channels`` (``rnd.shape[1]``)
+    is passed as a Python int when tracing, so the repeat count is a constant of the graph.
     """
     frames = rnd.shape[2]
     flat = rnd.transpose(1, 2).reshape(1, -1)  # (1, T*inter)
-    repeats = -(-hop // rnd.shape[1])
+    inter = int(rnd.shape[1]) if inter_channels is None else inter_channels
+    repeats = -(-hop // inter)  # ceil, in Python integers
     return flat.repeat(1, repeats)[:, : frames * hop].unsqueeze(-1)
 
 
@@ -97,7 +99,8 @@ class RvcOnnxGraph(nn.Module):
         m_p, logs_p, x_mask = synth.prior(phone, phone_lengths, pitch, g)
         z_p = (m_p + torch.exp(logs_p) * rnd) * x_mask
         z = synth.flow_reverse(z_p, x_mask, g)
-        sine_noise = nsf_noise_from(rnd, self.hop) if self.use_f0 else None
+        inter = self.synthesizer.config.inter_channels
+        sine_noise = nsf_noise_from(rnd, self.hop, inter) if self.use_f0 else None
         return synth.decode(z * x_mask, pitchf, g, sine_noise=sine_noise)
 
 
