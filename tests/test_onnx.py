@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -163,9 +164,10 @@ def test_cli_export_onnx_and_convert_with_the_onnx_engine(voice_kit, tmp_path):
     src = VOICES_DIR / "us2" / "speech" / "001.flac"
     done = subprocess.run(
         [*base, "convert", "--model", str(voice_kit["model"]),
-         "--pretrained-dir", str(voice_kit["pretrained"]), "--f0-method", "pm", "--engine", "onnx", str(src), "--output", str(wav)],
+         "--pretrained-dir", str(voice_kit["pretrained"]), "--f0-method", "pm", "--engine", "onnx",
+         str(src), "--output", str(wav)],
         cwd=REPO_DIR, capture_output=True, text=True, timeout=300, check=False,
-        env={**__import__("os").environ, "TIMBRE_ONNX_CACHE": str(tmp_path / "cache")},
+        env={**os.environ, "TIMBRE_ONNX_CACHE": str(tmp_path / "cache")},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert wav.stat().st_size > 1000
