@@ -3,10 +3,15 @@
 Usage::
 
     python bench/convert_speed.py [--duration 60] [--f0-methods fcpe rmvpe] [--repeats 3]
-        [--precision fp32 bf16] [--threads 2]
+        [--precision fp32 bf16 onnx] [--threads 2]
 
-Both precisions are timed by default; ``auto`` (what the CLI and studio use) resolves to bf16 on
-CPUs with native bfloat16 and to fp32 elsewhere, so the two rows bracket it.
+Both precisions and the onnxruntime engine are timed by default; ``auto`` (what the CLI and
+studio use) resolves to bf16 on CPUs with native bfloat16 and to fp32 elsewhere, so the two rows
+bracket it. The ``onnx`` row is ``--engine onnx``: content and F0 as fp32, the synthesizer
+(text encoder, flow, decoder: column ``synthesizer_onnx``) on onnxruntime's CPU provider with
+the same thread count; the graph is exported once into ``bench/out/onnx``. Its SNR against fp32
+is not a parity figure (the graph takes its NSF noise from ``rnd``, torch draws its own); see
+``bench/onnx_parity.py`` for parity on the same noise.
 
 The models are real-size with random weights (HuBERT base, RMVPE, RVC's v2 40 kHz pitch
 synthesizer) plus an ``IVF512,Flat`` index of 20k random 768-d rows, written once under
@@ -53,10 +58,13 @@ from bench._common import (
     reset_peak_rss,
     snr_db,
 )
-from infer.pipeline import ConvertParams, Resources, convert, load_voice
+from infer.pipeline import Converter, ConvertParams, Resources, load_voice
 
-STAGES = ("prepare", "content", "f0", "retrieval", "text_encoder", "flow", "decoder", "post")
-PRECISIONS = ("fp32", "bf16")
+STAGES = (
+    "prepare", "content", "f0", "retrieval", "text_encoder", "flow", "decoder", "synthesizer_onnx", "post",
+)  # fmt: skip
+PRECISIONS = ("fp32", "bf16", "onnx")
+"""Rows: two arithmetics of the torch engine, and the onnxruntime engine (fp32)."""
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -77,6 +85,8 @@ def _convert_params(method: str, seed: int, index_rate: float) -> ConvertParams:
 
 
 def _resources(kit: Kit, precision: str) -> Resources:
+    if precision == "onnx":
+        return Resources(pretrained_dir=kit.pretrained_dir, precision="fp32", engine="onnx")
     return Resources(pretrained_dir=kit.pretrained_dir, precision=precision)
 
 
@@ -88,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print the markdown table."""
     args = _parse_args(argv)
     torch.set_num_threads(args.threads)
+    os.environ.setdefault("TIMBRE_ONNX_CACHE", str(Path(__file__).resolve().parent / "out" / "onnx"))
     kit = ensure_kit()
     audio = load_input(args.duration)
     warmup_audio = load_input(args.warmup_duration)
@@ -103,13 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     for method in args.f0_methods:
         for precision in args.precision:
             params = _convert_params(method, args.seed, index_rate)
-            resources = _resources(kit, precision)
+            converter = Converter(voice, _resources(kit, precision))
             reset_peak_rss()
-            convert(warmup_audio, voice, params, resources=resources)
+            converter.convert(warmup_audio, params)
             runs: list[dict[str, float]] = []
             for _ in range(args.repeats):
                 cpu0 = time.process_time()
-                result = convert(audio, voice, params, resources=resources)
+                result = converter.convert(audio, params)
                 timings = dict(result.timings_s)
                 timings["cpu"] = time.process_time() - cpu0
                 runs.append(timings)

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from infer.options import (
+    CONVERT_ENGINES,
     CONVERT_PRECISIONS,
+    DEVICES,
+    ENGINES,
     F0_METHODS,
     OUTPUT_FORMATS,
     REFINE_STARTS,
@@ -70,12 +73,16 @@ def add_convert_options(p: argparse.ArgumentParser, *, is_model_required: bool =
     p.add_argument("--content-encoder", default=None, help="name or path of the content encoder weights")
     p.add_argument("--rmvpe", type=Path, default=None, help="path of rmvpe.pt")
     p.add_argument("--pretrained-dir", type=Path, default=None, help="folder of base files")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help=f"{help_text(DEVICES)}; or cuda:N, xpu:N")
     p.add_argument("--half", action="store_true", help="fp16 weights on CUDA (RVC's is_half)")
     p.add_argument(
         "--precision", choices=names(CONVERT_PRECISIONS), default="auto", help=help_text(CONVERT_PRECISIONS)
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument(
+        "--engine", choices=CONVERT_ENGINES, default="torch",
+        help="; ".join(f"{n}: {ENGINES[n].help}" for n in CONVERT_ENGINES),
+    )  # fmt: skip
 
 
 def _add_convert_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -106,7 +113,7 @@ def _add_separate_parser(subparsers: argparse._SubParsersAction) -> None:
         description="Write OUTPUT/<song>.vocals.flac and OUTPUT/<song>.instrumental.flac for each song.",
     )
     _add_separation_options(p)
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", default="auto", help=f"{help_text(DEVICES)}; or cuda:N, xpu:N")
 
 
 def _add_cover_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -282,22 +289,28 @@ def _output_paths(files: list[Path], output: Path, fmt: str | None) -> list[Path
 
 def converter_from_args(args: argparse.Namespace) -> Any:
     """The prepared :class:`~infer.pipeline.Converter` the conversion flags ask for."""
+    import dataclasses
+
     import torch
 
     from infer.assets import default_pretrained_dir
+    from infer.devices import resolve_device
     from infer.pipeline import Converter, Resources, load_voice
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    resources = Resources(
+    resources = Resources(  # checks the settings before a device is looked for
         pretrained_dir=args.pretrained_dir or default_pretrained_dir(),
         content_encoder=args.content_encoder,
         rmvpe_path=args.rmvpe,
         device=args.device,
         use_half=args.half,
         precision=args.precision,
+        engine=getattr(args, "engine", "torch"),
     )
-    voice = load_voice(args.model, args.index, device=args.device, use_half=args.half)
+    device = str(resolve_device(args.device))
+    resources = dataclasses.replace(resources, device=device)
+    voice = load_voice(args.model, args.index, device=device, use_half=args.half)
     return Converter(voice, resources)
 
 
@@ -341,6 +354,73 @@ def _run_convert(args: argparse.Namespace) -> int:
         for warning in item.warnings:
             log.warning("%s: %s", item.source.name, warning)
     return 1 if outcome.failed else 0
+
+
+def _add_export_onnx_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "export-onnx",
+        help="export a voice's synthesizer to ONNX (RVC's input/output names)",
+        description="Write the voice model's synthesizer as an ONNX graph with RVC's signature "
+        "(phone, phone_lengths, pitch, pitchf, ds, rnd -> audio); see infer/onnx_synth.py.",
+    )
+    p.add_argument("model", type=Path, help="the voice model (.pth)")
+    p.add_argument(
+        "--output", "-o", type=Path, default=None, help="the .onnx file (default: beside the model)"
+    )
+
+
+def _run_export_onnx(args: argparse.Namespace) -> int:
+    from infer.models import build_synthesizer, load_voice_model
+    from infer.onnx_synth import export_onnx
+
+    output = export_onnx(
+        build_synthesizer(load_voice_model(args.model)), args.output or args.model.with_suffix(".onnx")
+    )
+    print(output)
+    return 0
+
+
+def _add_import_parser(subparsers: argparse._SubParsersAction) -> None:
+    from infer.library import ImportLimits
+
+    p = subparsers.add_parser(
+        "import",
+        help="import a model zip (or a .pth and its .index) from a file or an http(s) URL",
+        description="Fetch (resumable, size-limited) and check a shared model, then install it into the "
+        "models folder. A URL may name a zip or a .pth; --index adds the .pth's index (a file or a URL).",
+    )
+    p.add_argument("source", help="a model zip or .pth: a path or an http(s):// URL")
+    p.add_argument("--index", default=None, help="with a .pth: its .index file (path or URL)")
+    p.add_argument("--name", default=None, help="model name (default: from the zip or the file name)")
+    p.add_argument("--models-dir", type=Path, default=None, help="default: $TIMBRE_MODELS_DIR or ./models")
+    p.add_argument("--overwrite", action="store_true", help="replace a model of the same name")
+    p.add_argument(
+        "--max-size", type=int, default=ImportLimits().max_total_bytes // 2**20,
+        help="refuse downloads larger than this many MiB",
+    )  # fmt: skip
+    p.add_argument(
+        "--download-dir", type=Path, default=None, help="where downloads resume from (default: cache)"
+    )
+
+
+def _run_import(args: argparse.Namespace) -> int:
+    from infer.catalog import resolve_models_dir
+    from infer.remote import import_model_source
+
+    bar, progress = tqdm_progress("import")
+    with bar:
+        name = import_model_source(
+            args.source,
+            resolve_models_dir(args.models_dir),
+            index=args.index,
+            name=args.name,
+            overwrite=args.overwrite,
+            max_bytes=args.max_size * 2**20,
+            download_dir=args.download_dir,
+            progress=progress,
+        )
+    print(name)
+    return 0
 
 
 def add_assets_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -464,9 +544,9 @@ def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, TimbreError)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m infer") -> argparse.ArgumentParser:
     """The ``python -m infer`` argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m infer", description="Timbre voice conversion")
+    parser = argparse.ArgumentParser(prog=prog, description="Timbre voice conversion")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -476,15 +556,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_stream_parser(subparsers)
     _add_live_parser(subparsers)
     add_assets_parser(subparsers)
+    _add_import_parser(subparsers)
+    _add_export_onnx_parser(subparsers)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m infer") -> int:
     """Entry point; returns the process exit code."""
     # PyTorch's CPU allocator backs large tensors with huge pages when this is set before the first
     # allocation; on the VMs Timbre targets this removes most page-fault time (see bench/README.md).
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    parser = build_parser()
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
@@ -497,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         "cover": _run_cover,
         "stream": _run_stream,
         "live": _run_live,
+        "import": _run_import,
+        "export-onnx": _run_export_onnx,
     }
 
     def body() -> int:

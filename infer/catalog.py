@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from infer.errors import ModelLoadError, TimbreError, UnsafeFileError
+from infer.home import home_dir
 
 log = logging.getLogger(__name__)
 
@@ -92,16 +93,19 @@ def _resolve_dir(cli_value: str | os.PathLike[str] | None, env_var: str, default
     override = os.environ.get(env_var, "").strip()
     if override:
         return Path(override).expanduser().absolute()
-    return Path.cwd() / default_name
+    return home_dir() / default_name
 
 
 def resolve_models_dir(cli_value: str | os.PathLike[str] | None) -> Path:
-    """The models folder: ``cli_value``, else ``$TIMBRE_MODELS_DIR``, else ``./models``."""
+    """The models folder: ``cli_value``, else ``$TIMBRE_MODELS_DIR``, else ``models/`` in the home folder.
+
+    The home folder is ``$TIMBRE_HOME``, else the current directory (see :mod:`infer.home`).
+    """
     return _resolve_dir(cli_value, MODELS_DIR_ENV_VAR, DEFAULT_MODELS_DIR_NAME)
 
 
 def resolve_data_dir(cli_value: str | os.PathLike[str] | None) -> Path:
-    """The data folder (jobs, experiments): ``cli_value``, else ``$TIMBRE_DATA_DIR``, else ``./data``."""
+    """The data folder (jobs, experiments): ``cli_value``, else ``$TIMBRE_DATA_DIR``, else ``<home>/data``."""
     return _resolve_dir(cli_value, DATA_DIR_ENV_VAR, DEFAULT_DATA_DIR_NAME)
 
 

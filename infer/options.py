@@ -151,7 +151,9 @@ TRAIN_PRECISIONS: dict[str, Choice] = _table(
 DEVICES: dict[str, Choice] = _table(
     Choice("auto", "the best device available"),
     Choice("cpu", "the CPU"),
-    Choice("cuda", "the first CUDA (or ROCm) GPU"),
+    Choice("cuda", "the first CUDA (or ROCm) GPU; cuda:N for another"),
+    Choice("xpu", "the first Intel GPU (XPU); xpu:N for another"),
+    Choice("mps", "the Apple GPU (Metal, MPS)"),
 )
 ENGINES: dict[str, Choice] = _table(
     Choice("torch", "the voice's RVC synthesizer in PyTorch (every feature)"),
@@ -159,6 +161,8 @@ ENGINES: dict[str, Choice] = _table(
     Choice("student", "the voice's causal live student (LLVC-style): lowest latency, one CPU thread"),
 )
 """What runs a voice: conversion takes ``torch`` or ``onnx``; live and stream also ``student``."""
+CONVERT_ENGINES: tuple[str, ...] = ("torch", "onnx")
+"""The rows of :data:`ENGINES` a file conversion runs on (the student is live-only)."""
 MODEL_SIZES: dict[str, Choice] = _table(
     Choice("full", "RVC's networks (fine-tunes the pretrained base files)"),
     Choice("tiny", "tiny networks for a quick trial (from scratch)"),

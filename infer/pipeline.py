@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from infer import dsp, rvc
 from infer.audio import check_convertible, resample
 from infer.content import ContentEncoder, load_content_encoder
+from infer.devices import synchronize
 from infer.diffusion.refine import refine
 from infer.errors import ModelLoadError, TimbreError
 from infer.memory import release_free_memory
@@ -72,7 +74,7 @@ def split_points(audio_16k: np.ndarray, padding: PaddingConfig) -> list[int]:
 
 
 class StageTimer:
-    """Seconds spent per stage, summed over calls (CUDA work is synchronised before reading)."""
+    """Seconds spent per stage, summed over calls (GPU work is synchronised before reading)."""
 
     def __init__(self, device: torch.device) -> None:
         self.totals: dict[str, float] = {}
@@ -80,8 +82,7 @@ class StageTimer:
 
     def add(self, stage: str, start: float) -> float:
         """Add the time since ``start`` to ``stage``; returns now, the next stage's start."""
-        if self._device.type == "cuda":
-            torch.cuda.synchronize(self._device)
+        synchronize(self._device)
         now = time.perf_counter()
         self.totals[stage] = self.totals.get(stage, 0.0) + now - start
         return now
@@ -124,6 +125,19 @@ class Converter:
             else ""
         )
         self._encoder: ContentEncoder | None = None
+        self._onnx: Any = None
+
+    @property
+    def onnx(self) -> Any:
+        """The :class:`~infer.onnx_synth.OnnxSynthesizer` of ``engine='onnx'`` (exported once, cached)."""
+        if self._onnx is None:
+            from infer.onnx_synth import OnnxSynthesizer, onnx_for_model
+
+            source = self.voice.model.source_path
+            if source is None:
+                raise ModelLoadError("--engine onnx needs a voice loaded from a model file")
+            self._onnx = OnnxSynthesizer.load(onnx_for_model(Path(source), self.voice.synthesizer))
+        return self._onnx
 
     @property
     def sample_rate(self) -> int:
@@ -182,8 +196,12 @@ class Converter:
         if params.speaker_id >= n_speakers:
             raise TimbreError(f"speaker_id {params.speaker_id} is out of range: this model has {n_speakers}")
         if params.refine is not None:
+            if self.resources.engine != "torch":
+                raise TimbreError("the diffusion refinement runs on the torch engine; use --engine torch")
             self.voice.diffusion(params.refine.sampler)
         _ = self.encoder
+        if self.resources.engine == "onnx":
+            _ = self.onnx
         device = self.voice.device
         generator = None
         if params.seed is not None:
@@ -430,6 +448,8 @@ def _convert_chunk(
         pitch, pitchf = pitch[:, :p_len], pitchf[:, :p_len]
     t0 = timer.add("content", t0)
 
+    if converter.resources.engine == "onnx":
+        return _synthesize_onnx(converter, feats_up, p_len, pitch, pitchf, state, trim_samples, t0)
     phone = torch.from_numpy(np.ascontiguousarray(feats_up, dtype=np.float32)).unsqueeze(0)
     phone = phone.to(device=voice.device, dtype=voice.dtype)
     lengths = torch.tensor([p_len], device=voice.device, dtype=torch.long)
@@ -466,6 +486,33 @@ def _convert_chunk(
     out = audio[0, 0, offset : offset + total - 2 * trim_samples].float().cpu().numpy()
     timer.add("decoder", t0)
     return out
+
+
+def _synthesize_onnx(
+    converter: Converter,
+    feats_up: np.ndarray,
+    p_len: int,
+    pitch: torch.Tensor | None,
+    pitchf: torch.Tensor | None,
+    state: ChunkState,
+    trim_samples: int,
+    t0: float,
+) -> np.ndarray:
+    """The synthesizer stages of one chunk on onnxruntime (RVC's ONNX inputs; see infer.onnx_synth)."""
+    config = converter.voice.synthesizer.config
+    noise = torch.randn((1, config.inter_channels, p_len), generator=state.generator, device="cpu")
+    inputs = {
+        "phone": np.ascontiguousarray(feats_up[None], dtype=np.float32),
+        "phone_lengths": np.array([p_len], dtype=np.int64),
+        "ds": np.array([state.params.speaker_id], dtype=np.int64),
+        "rnd": (noise * state.params.noise_scale).numpy(),
+    }
+    if pitch is not None and pitchf is not None:
+        inputs["pitch"] = pitch.cpu().numpy().astype(np.int64)
+        inputs["pitchf"] = pitchf.float().cpu().numpy()
+    audio = converter.onnx.run(inputs)[0, 0]
+    state.timer.add("synthesizer_onnx", t0)
+    return audio[trim_samples : len(audio) - trim_samples].astype(np.float32, copy=False)
 
 
 def refine_latent(

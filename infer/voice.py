@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from infer.assets import default_pretrained_dir
+from infer.devices import resolve_device, uses_half_weights
 from infer.diffusion.denoiser import Denoiser
 from infer.diffusion.head import (
     DiffusionHead,
@@ -20,6 +21,7 @@ from infer.diffusion.head import (
 )
 from infer.errors import ModelLoadError
 from infer.models import VoiceModel, build_synthesizer, load_voice_model
+from infer.options import CONVERT_ENGINES
 from infer.precision import check_precision
 from infer.retrieval import RetrievalIndex, check_dim, load_index
 from infer.synthesizer import Synthesizer
@@ -75,11 +77,13 @@ class Resources:
         content_encoder: content encoder name or path; None takes the voice model's.
         rmvpe_path: RMVPE weights; None looks in ``pretrained_dir``.
         device: torch device string.
-        use_half: fp16 weights on a CUDA device (RVC's ``is_half``).
+        use_half: fp16 weights on a CUDA or XPU device (RVC's ``is_half``).
         precision: ``'auto'`` (default: ``'bf16'`` on CPUs with native bfloat16, ``'fp32'``
             elsewhere), ``'fp32'`` (RVC's CPU arithmetic, its exact numbers) or ``'bf16'`` (the
             content encoder and the decoder under bfloat16 autocast, about twice as fast; about
             45 dB SNR against fp32). See :mod:`infer.precision`.
+        engine: what runs the synthesizer: ``'torch'`` or ``'onnx'`` (onnxruntime on the CPU,
+            see :mod:`infer.onnx_synth`); from :data:`infer.options.ENGINES`.
     """
 
     pretrained_dir: Path = field(default_factory=default_pretrained_dir)
@@ -88,9 +92,12 @@ class Resources:
     device: str = "cpu"
     use_half: bool = False
     precision: str = "auto"
+    engine: str = "torch"
 
     def __post_init__(self) -> None:
         check_precision(self.precision, half_weights=self.use_half)
+        if self.engine not in CONVERT_ENGINES:
+            raise ValueError(f"engine must be one of {CONVERT_ENGINES} for a conversion, got {self.engine!r}")
 
 
 _VOICE_CACHE: OrderedDict[tuple[Any, ...], Voice] = OrderedDict()
@@ -117,8 +124,8 @@ def load_voice(
     index_path = Path(index_path) if index_path else None
     if index_path is not None and not index_path.is_file():
         raise ModelLoadError(f"index file not found: {index_path}")
-    torch_device = torch.device(device)
-    dtype = torch.float16 if use_half and torch_device.type == "cuda" else torch.float32
+    torch_device = resolve_device(device)
+    dtype = torch.float16 if uses_half_weights(torch_device, use_half) else torch.float32
     key = (_file_key(model_path), _file_key(index_path) if index_path else None, str(torch_device), dtype)
     with _CACHE_LOCK:
         if key in _VOICE_CACHE:

@@ -281,6 +281,12 @@ def test_run_all_tiny_then_convert_and_download_the_zip(
     )
     expect(page.locator("#convert-files")).to_contain_text(f"003_{EXPERIMENT}")
     screenshot(page, "flow_convert_result")
+    # The README's screenshot: the Convert tab after a conversion, one window high. It is written to
+    # tests/artifacts/ on every run and copied over assets/studio.png with TIMBRE_UPDATE_SCREENSHOT=1.
+    shot = screenshot(page, "studio", full_page=False)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("TIMBRE_UPDATE_SCREENSHOT") == "1":
+        shutil.copyfile(shot, Path(__file__).resolve().parents[1] / "assets" / "studio.png")
 
     goto_tab(page, "Models")
     choose(page, "models-pick", EXPERIMENT)

@@ -95,7 +95,7 @@ def _add_settings(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--cm-max-steps", type=int, default=d("cm_max_steps"))
     p.add_argument("--acdd-epochs", type=int, default=d("acdd_epochs"))
     p.add_argument("--acdd-max-steps", type=int, default=d("acdd_max_steps"))
-    p.add_argument("--device", default=d("device"), help=f"{help_text(DEVICES)}; or cuda:N")
+    p.add_argument("--device", default=d("device"), help=f"{help_text(DEVICES)}; or cuda:N, xpu:N")
     p.add_argument("--workers", type=int, default=d("workers"))
     p.add_argument(
         "--no-report",
@@ -106,9 +106,9 @@ def _add_settings(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     """The ``python -m train`` argument parser."""
-    parser = argparse.ArgumentParser(prog="python -m train", description="Timbre: train voice models")
+    parser = argparse.ArgumentParser(prog=prog, description="Timbre: train voice models")
     parser.add_argument("-v", "--verbose", action="store_true")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -254,10 +254,10 @@ def _run_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = "python -m train") -> int:
     """Entry point; returns the exit code."""
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-    args = build_parser().parse_args(argv)
+    args = build_parser(prog).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

@@ -130,7 +130,7 @@ def stage_extract(
     """F0 and content features for every segment (cached)."""
     from train.features import extract_features
 
-    device = "cuda" if settings.device == "auto" and torch.cuda.is_available() else settings.device
+    device = str(resolve_device(settings.device))
     summary = extract_features(
         settings.work_dir,
         version=settings.version,

@@ -40,10 +40,11 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from infer.errors import TimbreError
+from infer.home import asset_path
 
 log = logging.getLogger(__name__)
 
-STATIC_DIR = Path(__file__).resolve().parents[1] / "assets" / "live"
+STATIC_DIR = asset_path("live")
 STATIC_FILES = frozenset({"live.js", "live-worklet.js"})
 MAX_SESSIONS = 2
 """Live streams at once (each keeps a core busy)."""
@@ -132,6 +133,7 @@ class _Stream:
         import soxr
 
         from infer.catalog import find_model
+        from infer.devices import resolve_device
         from infer.params import convert_params_from_form
         from infer.pipeline import Converter, Resources, load_voice
         from infer.stream import LiveSession, StreamConfig, StreamEngine
@@ -141,8 +143,9 @@ class _Stream:
             raise TimbreError(f"unsupported audio rate {rate} Hz; use one of {CLIENT_RATES_HZ}")
         entry = find_model(context.models_dir, str(start.get("model", "")))
         index = entry.index_path if start.get("use_index", True) else None
-        voice = load_voice(entry.pth_path, index, device=context.device)
-        converter = Converter(voice, Resources(pretrained_dir=context.pretrained_dir, device=context.device))
+        device = str(resolve_device(context.device))
+        voice = load_voice(entry.pth_path, index, device=device)
+        converter = Converter(voice, Resources(pretrained_dir=context.pretrained_dir, device=device))
         self.params = convert_params_from_form(dict(start.get("params", {})))
         config = StreamConfig(**dict(start.get("stream", {})))
         self.engine = StreamEngine(converter, self.params, config)

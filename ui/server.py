@@ -21,12 +21,12 @@ from typing import Any
 import gradio as gr
 
 from infer.catalog import resolve_data_dir, resolve_models_dir
+from infer.home import asset_path
 from ui.live import LiveContext, live_routes
 from ui.studio import Studio, StudioPaths
 from ui.tabs import assets, convert, cover, live, models, train
 
-APP_DIR = Path(__file__).resolve().parents[1]
-CSS_PATH = APP_DIR / "assets" / "studio.css"
+CSS_PATH = asset_path("studio.css")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
 MAX_UPLOAD_SIZE = "1gb"
@@ -179,8 +179,8 @@ def quiet_idle_queue(demo: gr.Blocks) -> bool:
     return True
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python app.py", description="Timbre studio (web UI)")
+def build_parser(prog: str = "python app.py") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Timbre studio (web UI)")
     parser.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 7860)")
     group = parser.add_mutually_exclusive_group()
@@ -218,8 +218,8 @@ def upload_size(value: str) -> str:
     return text
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, prog: str = "python app.py") -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests

@@ -358,10 +358,17 @@ def device_info_markdown() -> str:
         f"- CPU cores: {os.cpu_count()} · torch threads: {torch.get_num_threads()} "
         f"(inter-op {torch.get_num_interop_threads()})",
     ]
+    from infer.devices import device_count, pick_auto
+
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             props = torch.cuda.get_device_properties(i)
             lines.append(f"- cuda:{i} {props.name} · {format_bytes(props.total_memory)}")
     else:
-        lines.append("- CUDA: not available (conversion and training run on the CPU)")
+        lines.append("- CUDA: not available")
+    lines.append(
+        f"- Intel XPU: {device_count('xpu') or 'not available'} · Apple MPS: "
+        f"{'available' if device_count('mps') else 'not available'}"
+    )
+    lines.append(f"- `auto` runs on: **{pick_auto()}**")
     return "\n".join(lines)

@@ -173,6 +173,10 @@ def _describe_network_error(exc: BaseException) -> str:
     return text or type(reason).__name__
 
 
+class TooLargeError(AssetError):
+    """A download is over its size limit (announced by the server or received)."""
+
+
 class _Interrupted(Exception):
     """A transfer broke off; ``made_progress`` says whether this attempt wrote any bytes."""
 
@@ -212,6 +216,7 @@ class _Download:
         self.offset = 0
         self.fetched_bytes = 0
         self.total: int | None = asset.size_bytes
+        self.max_bytes: int | None = None
         self._last_report_s = 0.0
 
     # -- bookkeeping ---------------------------------------------------------------------
@@ -274,6 +279,13 @@ class _Download:
             f"{self.final}"
         )
 
+    def _too_large(self, size: int) -> AssetError:
+        return TooLargeError(
+            f"{self.url} is over the size limit "
+            f"({format_megabytes(size)} > {format_megabytes(self.max_bytes or 0)});"
+            " raise the limit if you trust it"
+        )
+
     def _http_failure(self, exc: urllib.error.HTTPError) -> AssetError:
         if exc.code == 404:
             hint = f"the server does not have {self.asset.url_path}; check {MIRROR_ENV_VAR}"
@@ -325,6 +337,9 @@ class _Download:
                     f"mirror holds a different file. Unset {MIRROR_ENV_VAR} or copy the file to {self.final}"
                 )
             self.total = total if total is not None else self.asset.size_bytes
+            if self.max_bytes is not None and self.total is not None and self.total > self.max_bytes:
+                response.close()
+                raise self._too_large(self.total)
             return response
         raise AssetError(
             f"{self.url} kept answering inconsistent byte ranges; try again or use another mirror"
@@ -348,6 +363,8 @@ class _Download:
                     raise _Interrupted(_describe_network_error(exc), made_progress=received > 0) from exc
                 if not chunk:
                     break
+                if self.max_bytes is not None and self.offset + len(chunk) > self.max_bytes:
+                    raise self._too_large(self.offset + len(chunk))
                 self.stream.write(chunk)
                 self.hasher.update(chunk)
                 self.offset += len(chunk)
@@ -480,7 +497,72 @@ def download_asset(
     return final
 
 
-def _run_transfer(transfer: _Download, max_resumes: int) -> None:
+class _UrlDownload(_Download):
+    """A transfer from any http(s) URL (model imports): its own hints, no registry or mirror."""
+
+    def _unreachable(self, exc: BaseException) -> AssetError:
+        host = urllib.parse.urlsplit(self.url).hostname or self.url
+        return AssetError(
+            f"could not reach {host} ({_describe_network_error(exc)}): check the address and the network, "
+            "or download the file yourself and import it from disk"
+        )
+
+    def _http_failure(self, exc: urllib.error.HTTPError) -> AssetError:
+        return AssetError(f"{self.url} answered HTTP {exc.code} ({exc.reason}); check the address")
+
+
+def download_url(
+    url: str,
+    dest: str | os.PathLike[str],
+    *,
+    max_bytes: int,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    connect_timeout_s: float = 5.0,
+    read_timeout_s: float = 30.0,
+    max_resumes: int = 2,
+) -> Path:
+    """Download ``url`` to ``dest`` through ``dest.part`` (resumed with HTTP Range on the next call).
+
+    No checksum is known, so the file is complete when the server's length is reached; anything
+    over ``max_bytes`` (announced or received) stops the transfer and deletes the partial file.
+
+    Raises:
+        AssetError: not an http(s) URL, unreachable (within ``connect_timeout_s``), HTTP error,
+            over ``max_bytes``, or broke off (the ``.part`` stays for the next call to resume).
+        Cancelled: ``should_stop`` returned True.
+    """
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise AssetError(f"{url!r} is not an http(s) URL")
+    final = Path(dest)
+    # The transfer needs only a name and no size or checksum; the kind is never read here.
+    asset = Asset(final.name, final.name, None, None, f"download of {url}", "content", source_url=url)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(part_path(final), "a+b") as stream:
+        _lock_exclusively(stream, asset, part_path(final))
+        transfer = _UrlDownload(
+            asset,
+            url,
+            final,
+            stream,
+            opener=_build_opener(read_timeout_s),
+            progress=progress,
+            should_stop=should_stop,
+            connect_timeout_s=connect_timeout_s,
+            read_timeout_s=read_timeout_s,
+        )
+        transfer.max_bytes = max_bytes
+        try:
+            _run_transfer(transfer, max_resumes, hint="import the same URL again to resume")
+        except TooLargeError:
+            stream.close()
+            part_path(final).unlink(missing_ok=True)
+            raise
+    report(progress, 1.0, f"{final.name}: downloaded")
+    return final
+
+
+def _run_transfer(transfer: _Download, max_resumes: int, hint: str | None = None) -> None:
     transfer.read_back()
     if transfer.asset.size_bytes is not None and transfer.offset > transfer.asset.size_bytes:
         transfer.restart("the partial download is longer than the file")
@@ -497,8 +579,8 @@ def _run_transfer(transfer: _Download, max_resumes: int) -> None:
                     continue
                 raise AssetError(
                     f"download of {transfer.asset.name} from {transfer.url} broke off ({exc.reason}); "
-                    f"{format_megabytes(transfer.offset)} are kept in {transfer.part}. Run "
-                    f"`{download_command(transfer.asset.name)}` again to resume"
+                    f"{format_megabytes(transfer.offset)} are kept in {transfer.part}. "
+                    + (hint or f"Run `{download_command(transfer.asset.name)}` again to resume")
                 ) from exc
         if transfer.is_verified():
             break

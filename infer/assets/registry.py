@@ -280,11 +280,13 @@ def find_asset(name: str, registry: Registry = DEFAULT_REGISTRY) -> Asset:
 
 
 def default_pretrained_dir() -> Path:
-    """``$TIMBRE_PRETRAINED_DIR`` if set, else the ``pretrained/`` folder next to the infer package."""
+    """``$TIMBRE_PRETRAINED_DIR``, else a checkout's ``pretrained/``, else ``<home>/pretrained``."""
+    from infer.home import SOURCE_ROOT, home_dir, is_checkout
+
     override = os.environ.get(PRETRAINED_DIR_ENV_VAR, "").strip()
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parents[2] / "pretrained"
+    return (SOURCE_ROOT if is_checkout() else home_dir()) / "pretrained"
 
 
 def pretrained_root(pretrained_dir: str | os.PathLike[str] | None) -> Path:

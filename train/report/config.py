@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from infer.errors import TimbreError
+from infer.home import asset_path
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ TARGET_EMBEDDING_CLIPS = 8
 SIMILARITY_TIE = 0.005
 MAX_KEY_SHIFT_SEMITONES = 24
 PROBE_SAMPLE_RATE_HZ = 16000
-PROBE_PHRASES_PATH = Path(__file__).resolve().parents[2] / "assets" / "probes" / "phrases.tsv"
+PROBE_PHRASES_PATH = asset_path("probes", "phrases.tsv")
 PROBE_AUDIO_ENV_VAR = "TIMBRE_PROBE_AUDIO_DIR"
 SHARED_DIR_ENV_VAR = "TIMBRE_SHARED_DIR"
 SUMMARY_HEADERS = (

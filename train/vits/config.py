@@ -8,11 +8,11 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from infer import rvc
+from infer.devices import DeviceError, parse_device_name
 from infer.nn.configs import ConfigError, check_config_keys
 from infer.nn.discriminators import DiscriminatorConfig, MultiPeriodDiscriminator
 from infer.options import (
     BUCKETINGS,
-    DEVICES,
     MODEL_SAMPLE_RATES_HZ,
     MODEL_SIZES,
     TRAIN_PRECISIONS,
@@ -186,8 +186,10 @@ class VitsTrainConfig:
             raise bad(f"bucketing must be one of {names(BUCKETINGS)}, got {self.bucketing!r}")
         if self.precision not in TRAIN_PRECISIONS:
             raise bad(f"precision must be one of {names(TRAIN_PRECISIONS)}, got {self.precision!r}")
-        if not (self.device in DEVICES or self.device.startswith("cuda:")):
-            raise bad(f"device must be one of {names(DEVICES)} or 'cuda:N', got {self.device!r}")
+        try:
+            parse_device_name(self.device)
+        except DeviceError as exc:
+            raise bad(f"device: {exc}") from exc
         hop = self.spectrogram.hop_length
         if self.segment_size is not None:
             if isinstance(self.segment_size, bool) or not isinstance(self.segment_size, int):

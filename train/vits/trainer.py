@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 DEFAULT_RUN_DIRNAME = "vits"
 DEFAULT_EXPORT_DIRNAME = "weights"
 DEFAULT_CONTENT_ENCODER = "hubert_base"
+AMP_TRAIN_DEVICE_TYPES = ("cuda", "xpu")
+"""Where ``precision`` fp16/bf16 trains under autocast (the CPU and MPS train in fp32)."""
 
 
 def _distributed() -> tuple[int, int, int]:
@@ -164,11 +166,14 @@ class VitsTrainer(Trainer):
         self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.optim_d, gamma=config.lr_decay)
         self.amp_dtype: torch.dtype | None = None
         if config.precision != "fp32":
-            if self.device.type == "cuda":
+            if self.device.type in AMP_TRAIN_DEVICE_TYPES:
                 self.amp_dtype = torch.float16 if config.precision == "fp16" else torch.bfloat16
             else:
-                log.warning("precision %s needs CUDA; training on %s in fp32", config.precision, self.device)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+                log.warning(
+                    "precision %s needs CUDA or XPU; training on %s in fp32", config.precision, self.device
+                )
+        scaler_device = self.device.type if self.device.type in AMP_TRAIN_DEVICE_TYPES else "cuda"
+        self.scaler = torch.amp.GradScaler(scaler_device, enabled=self.amp_dtype == torch.float16)
         self.train_g: nn.Module = self.net_g
         self.train_d: nn.Module = self.net_d
         if world_size > 1:
