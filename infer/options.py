@@ -184,6 +184,7 @@ TRAIN_STAGES: dict[str, Choice] = _table(
     Choice("distill", "the one-to-four-step LCM student of an eps teacher (optional)"),
     Choice("cm", "the consistency student of an EDM teacher, 1 to 4 steps (optional)"),
     Choice("acdd", "the adversarial one-step student of an EDM teacher (optional)"),
+    Choice("live-student", "the causal low-latency live student (LLVC) of the voice (optional)"),
     Choice("report", "the report card on held-out clips"),
     Choice("export", "install into the models folder and write the zip"),
 )
@@ -206,7 +207,7 @@ AUDIO_SUFFIXES = frozenset(
 
 OUTPUT_FORMATS = ("wav", "flac", "mp3", "m4a")
 """Formats converted audio can be written in (see :func:`infer.audio.save_audio`)."""
-OPTIONAL_STAGES = ("diffusion", "distill", "cm", "acdd")
+OPTIONAL_STAGES = ("diffusion", "distill", "cm", "acdd", "live-student")
 """Stages that *Run all* includes only when the user ticks them."""
 
 

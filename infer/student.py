@@ -57,8 +57,10 @@ __all__ = [
     "StudentState",
     "StudentStreamConfig",
     "StudentStreamer",
+    "engine_for_model",
     "load_student",
     "save_student",
+    "stream_student_array",
     "student_path",
 ]
 
@@ -550,3 +552,55 @@ def student_path(model_dir: str | Path | None) -> Path | None:
         return None
     path = Path(model_dir) / STUDENT_FILENAME
     return path if path.is_file() else None
+
+
+def engine_for_model(model_path: str | Path, block_s: float | None = None) -> StudentEngine:
+    """The live student beside voice model ``model_path`` (a ``.pth`` or its folder), ready to stream.
+
+    ``block_s`` is rounded to whole frames; None takes :data:`DEFAULT_BLOCK_SAMPLES`.
+
+    Raises:
+        ModelLoadError: the voice has no ``live_student.pt``, or it is not a valid one.
+    """
+    model_path = Path(model_path)
+    folder = model_path if model_path.is_dir() else model_path.parent
+    path = student_path(folder)
+    if path is None:
+        raise ModelLoadError(
+            f"{folder.name} has no live student ({STUDENT_FILENAME}); train one with "
+            f"`python -m train live-student --name {folder.name}` or pick --engine torch"
+        )
+    student = load_student(path).build()
+    hop = student.config.frame_samples
+    block = DEFAULT_BLOCK_SAMPLES
+    if block_s is not None:
+        block = max(hop, round(block_s * STUDENT_SAMPLE_RATE_HZ / hop) * hop)
+    return StudentEngine(student, block)
+
+
+def stream_student_array(
+    engine: StudentEngine,
+    audio_16k: np.ndarray,
+    *,
+    progress: Any | None = None,
+    should_stop: Any | None = None,
+) -> np.ndarray:
+    """Feed a 16 kHz array through ``engine`` block by block; the output aligned with the input.
+
+    The live delay of the lookahead's shift is removed from the front and the end flushed with
+    silence, so the result has the input's length (and equals :meth:`LiveStudent.forward`).
+    """
+    from infer.progress import check_stop, report
+
+    n = engine.block_samples_16k
+    audio = np.asarray(audio_16k, dtype=np.float32)
+    shift = engine.student.config.shift_samples
+    count = -(-(audio.shape[0] + shift) // n)
+    padded = np.zeros(count * n, dtype=np.float32)
+    padded[: audio.shape[0]] = audio
+    out = np.empty(count * n, dtype=np.float32)
+    for i in range(count):
+        check_stop(should_stop)
+        out[i * n : (i + 1) * n] = engine.process(padded[i * n : (i + 1) * n])
+        report(progress, (i + 1) / count, f"block {i + 1}/{count}")
+    return out[shift : shift + audio.shape[0]]
