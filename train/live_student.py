@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from infer.errors import TimbreError
+from infer.errors import Cancelled, TimbreError
 from infer.fsutil import atomic_write, atomic_write_text
 from infer.nn.configs import ConfigError, check_config_keys
 from infer.nn.discriminators import DiscriminatorConfig, MultiPeriodDiscriminator
@@ -476,8 +476,13 @@ def stage_live_student(
     should_stop: StopFn | None,
     on_metrics: MetricsFn | None = None,
     train_config: StudentTrainConfig | None = None,
+    train_budget_s: float | None = None,
 ) -> Any:
-    """Make the teacher's pairs (cached) and train the live student; writes ``<work>/live_student.pt``."""
+    """Make the teacher's pairs (cached) and train the live student; writes ``<work>/live_student.pt``.
+
+    ``train_budget_s`` (benchmarks) stops training, not pair making, after that many seconds; the
+    student of the last step is written and the stage returns normally.
+    """
     from infer.params import ConvertParams
     from infer.pipeline import Converter, Resources, load_voice
     from infer.progress import sub_progress
@@ -538,8 +543,18 @@ def stage_live_student(
         should_stop=should_stop,
         on_metrics=on_metrics,
     )
+    if train_budget_s is not None:
+        deadline = time.monotonic() + train_budget_s
+        trainer.should_stop = lambda: (
+            (should_stop is not None and should_stop()) or time.monotonic() > deadline
+        )
     trainer.resume()
-    trainer.fit()
+    try:
+        trainer.fit()
+    except Cancelled:
+        if train_budget_s is None or (should_stop is not None and should_stop()):
+            raise
+        log.info("live student: the %.0f s training budget is spent at step %d", train_budget_s, trainer.step)
     trainer.export(student_file)  # also when a finished run is resumed
     return StageResult(
         "live-student",
