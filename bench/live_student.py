@@ -128,7 +128,12 @@ def _quality(args: argparse.Namespace, work: Path, student: object) -> dict[str,
             }
             for label, audio in (("student", streamed), ("teacher", teacher)):
                 if target is not None:
-                    row[f"similarity_{label}"] = speaker_similarity(speaker_embedding(audio, 16000), target)
+                    try:
+                        embedding = speaker_embedding(audio, 16000)
+                    except ValueError as exc:  # no speech left after the VAD: left out of the mean
+                        logging.warning("%s %s/%s: %s", label, source_voice, name, exc)
+                    else:
+                        row[f"similarity_{label}"] = speaker_similarity(embedding, target)
                 try:
                     row[f"cer_{label}"] = character_error_rate(transcribe(audio), texts[name])
                 except AssetError as exc:
