@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from infer.options import (
     CONVERT_ENGINES,
     CONVERT_PRECISIONS,
+    LIVE_ENGINES,
     DEVICES,
     ENGINES,
     F0_METHODS,
@@ -183,7 +184,18 @@ def _run_cover(args: argparse.Namespace) -> int:
 
 
 def _add_stream_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--block", type=float, default=0.25, help="seconds converted per step (0.02-1.5)")
+    p.add_argument(
+        "--engine",
+        choices=LIVE_ENGINES,
+        default="torch",
+        help="; ".join(f"{n}: {ENGINES[n].help}" for n in LIVE_ENGINES),
+    )
+    p.add_argument(
+        "--block",
+        type=float,
+        default=None,
+        help="seconds converted per step (torch: 0.02-1.5, default 0.25; student: default 0.016)",
+    )
     p.add_argument("--context", type=float, default=1.0, help="seconds of past audio the encoders see")
     p.add_argument("--crossfade", type=float, default=0.05, help="SOLA crossfade in seconds")
     p.add_argument("--search", type=float, default=0.01, help="SOLA search window in seconds")
@@ -221,7 +233,7 @@ def stream_config_from_args(args: argparse.Namespace) -> Any:
     from infer.stream import StreamConfig
 
     return StreamConfig(
-        block_s=args.block,
+        block_s=0.25 if args.block is None else args.block,
         context_s=args.context,
         crossfade_s=args.crossfade,
         search_s=args.search,
@@ -229,9 +241,42 @@ def stream_config_from_args(args: argparse.Namespace) -> Any:
     )
 
 
+def _student_engine(args: argparse.Namespace) -> Any:
+    """The voice's live student on one CPU thread (``--threads`` overrides)."""
+    import torch
+
+    from infer.student import engine_for_model
+
+    torch.set_num_threads(args.threads or 1)
+    return engine_for_model(args.model, args.block)
+
+
+def _run_student_stream(args: argparse.Namespace) -> int:
+    from infer.audio import load_audio, save_audio
+    from infer.student import stream_student_array
+
+    engine = _student_engine(args)
+    audio = load_audio(args.input, 16000)
+    bar, progress = tqdm_progress(args.input.name)
+    with bar:
+        out = stream_student_array(engine, audio, progress=progress)
+    save_audio(args.output, out, engine.sample_rate)
+    stats, config = engine.stats, engine.config
+    log.info(
+        "%s -> %s (live student): %d blocks of %.0f ms, compute p50 %.2f ms / p95 %.2f ms; "
+        "algorithmic latency %.0f ms",
+        args.input, args.output, stats.blocks, config.block_s * 1000, stats.percentile_ms(50),
+        stats.percentile_ms(95), config.algorithmic_latency_s * 1000,
+    )  # fmt: skip
+    return 0
+
+
 def _run_stream(args: argparse.Namespace) -> int:
     from infer.audio import load_audio, save_audio
     from infer.stream import StreamEngine, stream_array
+
+    if args.engine == "student":
+        return _run_student_stream(args)
 
     config = stream_config_from_args(args)
     params = params_from_args(args)
@@ -268,6 +313,16 @@ def _run_live(args: argparse.Namespace) -> int:
     if args.model is None:
         raise ValueError("name the voice model with --model (or list the devices with --list-devices)")
     probe_devices((args.input_device, args.output_device))
+    if args.engine == "student":
+        engine = _student_engine(args)
+        return run_live(
+            None,
+            None,
+            engine.config,
+            devices=(args.input_device, args.output_device),
+            seconds=args.seconds,
+            engine=engine,
+        )
     config = stream_config_from_args(args)
     params = params_from_args(args)
     engine_converter = converter_from_args(args)

@@ -7,6 +7,7 @@ An exported zip is flat::
     timbre.json                                      metadata (rate, version, f0, encoder, epochs...)
     report.json / report.html / report.md            the training report, when present
     diffusion*.pt                                    diffusion refinement heads, when present
+    live_student.pt                                  the causal live student, when present
 
 Import accepts that layout and the common shared ones: the files inside one sub-folder, Applio's
 ``<name>.pth`` + ``<name>.index``, RVC's ``added_*.index`` / ``trained_*.index`` names, and extra
@@ -200,6 +201,7 @@ def export_model_zip(models_dir: str | os.PathLike[str], name: str, dest: Path |
     """
     from infer.fsutil import atomic_path
     from infer.models import load_voice_model
+    from infer.student import student_path
 
     entry = find_model(models_dir, name)
     model = load_voice_model(entry.pth_path)
@@ -212,6 +214,9 @@ def export_model_zip(models_dir: str | os.PathLike[str], name: str, dest: Path |
     if not entry.is_loose:
         members.extend((entry.folder / r, r) for r in REPORT_FILE_NAMES if (entry.folder / r).is_file())
         members.extend((p, p.name) for p in sorted(entry.folder.glob(DIFFUSION_GLOB)) if p.is_file())
+        student = student_path(entry.folder)
+        if student is not None:
+            members.append((student, student.name))
 
     if dest is None:
         target = Path(tempfile.mkdtemp(prefix=EXPORT_TEMP_PREFIX)) / f"{name}.zip"
@@ -263,6 +268,7 @@ def import_model_zip(
         ModelExistsError: a model of that name exists and ``overwrite`` is False.
         InvalidModelNameError: the name cannot be a folder name.
     """
+    from infer.student import STUDENT_FILENAME
     from infer.ziputil import safe_extract_zip
 
     zip_path = Path(zip_path)
@@ -288,6 +294,8 @@ def import_model_zip(
         metadata_path = folder / METADATA_FILE_NAME
         extras = [folder / r for r in REPORT_FILE_NAMES if (folder / r).is_file()]
         extras.extend(sorted(p for p in folder.glob(DIFFUSION_GLOB) if p.is_file()))
+        if (folder / STUDENT_FILENAME).is_file():
+            extras.append(folder / STUDENT_FILENAME)
         return _install(
             staging,
             root,
@@ -463,6 +471,7 @@ def _install(
         check_dim(loaded, model.config.content_dim)
         loaded_index = loaded.index
     from infer.diffusion.head import HEAD_FILENAMES, check_head_file
+    from infer.student import STUDENT_FILENAME, load_student
 
     for extra in extras:
         if extra.suffix == ".pt":
@@ -470,6 +479,8 @@ def _install(
                 load_checkpoint(extra)
             except UnsafeFileError as exc:
                 raise UnsafeFileError(f"{source}: {extra.name} is not plain data: {exc}") from exc
+        if extra.name == STUDENT_FILENAME:
+            load_student(extra)  # format, config and weights, or a one-line ModelLoadError
         if extra.name in HEAD_FILENAMES.values():
             config = model.config
             check_head_file(

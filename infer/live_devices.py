@@ -113,15 +113,18 @@ def probe_devices(devices: tuple[int | None, int | None]) -> tuple[dict[str, Any
 
 
 def run_live(
-    converter: Converter,
-    params: ConvertParams,
-    config: StreamConfig,
+    converter: Converter | None,
+    params: ConvertParams | None,
+    config: Any,
     *,
     devices: tuple[int | None, int | None] = (None, None),
     seconds: float | None = None,
+    engine: Any | None = None,
 ) -> int:
     """Convert the input device into the voice on the output device until Ctrl-C (or ``seconds``).
 
+    ``engine`` replaces the :class:`StreamEngine` built from ``converter``, ``params`` and
+    ``config`` (e.g. a :class:`infer.student.StudentEngine`; ``config`` is then its config).
     Returns the process exit code (0; 130 on Ctrl-C).
 
     Raises:
@@ -132,7 +135,8 @@ def run_live(
     sd = _sounddevice()
     in_info, out_info = probe_devices(devices)
     in_rate, out_rate = int(in_info["default_samplerate"]), int(out_info["default_samplerate"])
-    engine = StreamEngine(converter, params, config)
+    if engine is None:
+        engine = StreamEngine(converter, params, config)
     session = LiveSession(engine)
     down = soxr.ResampleStream(in_rate, SAMPLE_RATE_16K, 1, dtype="float32")
     player = _Player(session, soxr.ResampleStream(engine.sample_rate, out_rate, 1, dtype="float32"))

@@ -163,6 +163,8 @@ ENGINES: dict[str, Choice] = _table(
 """What runs a voice: conversion takes ``torch`` or ``onnx``; live and stream also ``student``."""
 CONVERT_ENGINES: tuple[str, ...] = ("torch", "onnx")
 """The rows of :data:`ENGINES` a file conversion runs on (the student is live-only)."""
+LIVE_ENGINES: tuple[str, ...] = ("torch", "student")
+"""The rows of :data:`ENGINES` live conversion and ``stream`` run on."""
 MODEL_SIZES: dict[str, Choice] = _table(
     Choice("full", "RVC's networks (fine-tunes the pretrained base files)"),
     Choice("tiny", "tiny networks for a quick trial (from scratch)"),
@@ -188,6 +190,7 @@ TRAIN_STAGES: dict[str, Choice] = _table(
     Choice("distill", "the one-to-four-step LCM student of an eps teacher (optional)"),
     Choice("cm", "the consistency student of an EDM teacher, 1 to 4 steps (optional)"),
     Choice("acdd", "the adversarial one-step student of an EDM teacher (optional)"),
+    Choice("live-student", "the causal low-latency live student (LLVC) of the voice (optional)"),
     Choice("report", "the report card on held-out clips"),
     Choice("export", "install into the models folder and write the zip"),
 )
@@ -210,7 +213,7 @@ AUDIO_SUFFIXES = frozenset(
 
 OUTPUT_FORMATS = ("wav", "flac", "mp3", "m4a")
 """Formats converted audio can be written in (see :func:`infer.audio.save_audio`)."""
-OPTIONAL_STAGES = ("diffusion", "distill", "cm", "acdd")
+OPTIONAL_STAGES = ("diffusion", "distill", "cm", "acdd", "live-student")
 """Stages that *Run all* includes only when the user ticks them."""
 
 

@@ -45,7 +45,7 @@ EXPECTED_API_NAMES = {
     "/job_status", "/cancel_job", "/resume_job", "/list_models", "/rename_model", "/delete_model",
     "/export_model", "/import_model", "/asset_status", "/download_asset", "/cancel_download", "/device_info",
     "/jobs_selftest", "/train_cm", "/train_acdd", "/cover", "/separate", "/cancel_cover", "/stem_cache",
-    "/clear_stem_cache",
+    "/clear_stem_cache", "/train_live_student",
 }  # fmt: skip
 CONVERT_DEFAULTS = [0, "auto", 0.75, 3, 0.25, 0.33, "model", 0, "off", 4, 0.0, "shallow", 0.5, "cpu", "auto"]
 # The Train tab's inputs after (experiment, rate, version, use_f0, size, uploads, folder), in order.
@@ -83,6 +83,9 @@ TRAIN_FIELDS = {
     "hop_size_ms": 15,
     "max_sil_kept_ms": 500,
     "overlap_s": 0.3,
+    "use_live_student": False,
+    "live_student_steps": 3000,
+    "live_student_pool": "",
 }
 
 

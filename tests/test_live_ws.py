@@ -10,8 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+import torch
 from websockets.sync.client import connect
 
+from infer.student import STUDENT_FILENAME, LiveStudent, StudentConfig, save_student
 from tests.fakes import tiny_synth_config, write_voice_model
 from tests.helpers import VOICES_DIR
 from tests.test_app_e2e import AppProcess, start_app, stop_app
@@ -25,6 +27,10 @@ FRAME = 960  # 20 ms, as the page sends
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppProcess]:
     root = tmp_path_factory.mktemp("studio_ws")
     write_voice_model(root / "models" / "plain" / "plain.pth", tiny_synth_config("v2", 40000), name="plain")
+    live = root / "models" / "live"
+    write_voice_model(live / "live.pth", tiny_synth_config("v2", 40000), name="live")
+    torch.manual_seed(0)
+    save_student(LiveStudent(StudentConfig.tiny()), live / STUDENT_FILENAME)
     process = start_app(root)
     try:
         yield process
@@ -114,7 +120,39 @@ def test_model_list_for_the_panel(app: AppProcess) -> None:
 
     with urllib.request.urlopen(app.url.rstrip("/") + "/timbre/live/models", timeout=30) as response:
         info = json.loads(response.read())
-    assert [m["name"] for m in info["models"]] == ["plain"]
+    assert {m["name"]: m["has_student"] for m in info["models"]} == {"live": True, "plain": False}
+    assert info["engines"] == ["torch", "student"]
     assert "pm" in info["f0_methods"] and info["defaults"]["block_s"] == pytest.approx(0.25)
     with urllib.request.urlopen(app.url.rstrip("/") + "/timbre/live/static/live.js", timeout=30) as response:
         assert b"AudioWorklet" in response.read()
+
+
+def test_the_live_student_streams_in_16_ms_blocks(app: AppProcess) -> None:
+    samples = _mic()[: RATE * 2]
+    received, stats = 0, None
+    with connect(_ws_url(app), max_size=None) as ws:
+        ready = _start(ws, model="live", engine="student")
+        assert ready["type"] == "ready" and ready["block_ms"] == 16 and ready["algorithmic_latency_ms"] == 17
+        for i in range(0, samples.shape[0], FRAME):
+            ws.send(samples[i : i + FRAME].tobytes())
+            time.sleep(0.02)  # real time: a faster client makes the session drop blocks
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and (
+            received < samples.shape[0] // 2 or stats is None or stats["blocks"] == 0
+        ):
+            try:
+                message = ws.recv(timeout=1)
+            except TimeoutError:
+                continue
+            if isinstance(message, bytes):
+                frame = np.frombuffer(message, dtype="<f4")
+                assert np.isfinite(frame).all()
+                received += frame.shape[0]
+            else:
+                stats = json.loads(message)
+        ws.send(json.dumps({"type": "stop"}))
+    assert received >= samples.shape[0] // 2, received
+    assert stats is not None and stats["blocks"] > 0 and stats["algorithmic_latency_ms"] == 17
+    with connect(_ws_url(app)) as ws:
+        error = _start(ws, engine="student")  # "plain" has no student
+        assert error["type"] == "error" and "no live student" in error["message"]

@@ -235,3 +235,71 @@ def test_edm_teacher_cm_and_acdd_train_export_import_and_convert(
             )
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained_student(trained: dict[str, Path]) -> dict[str, Path]:
+    root = trained["root"]
+    work = root / "work_student"
+    shutil.copytree(trained["work"], work, symlinks=True)
+    models = root / "models_student"
+    _run(
+        "train", "run", "--name", "us1tiny", "--dataset", str(root / "dataset"), "--work-dir", str(work),
+        "--models-dir", str(models), "--pretrained-dir", str(trained["pretrained"]), "--size", "tiny",
+        "--sample-rate", "40000", "--f0-method", "pm", "--epochs", "2", "--batch-size", "2",
+        "--max-steps", "8", "--from-scratch", "--live-student", "--live-student-steps", "3",
+        "--workers", "1", "--no-report",
+    )  # fmt: skip
+    return {**trained, "work": work, "models": models}
+
+
+@pytest.mark.slow
+def test_live_student_trains_exports_imports_and_streams(
+    trained_student: dict[str, Path], tmp_path: Path
+) -> None:
+    from infer.student import STUDENT_FILENAME, load_student
+
+    work = trained_student["work"]
+    pairs = sorted((work / "live_student" / "pairs").glob("*.npz"))
+    segments = len(list((work / "1_16k_wavs").glob("*.wav")))
+    assert len(pairs) == 2 * segments  # the voice's clips at two "speaker" shifts (tiny settings)
+    with np.load(pairs[0]) as pair:
+        assert pair["source"].shape == pair["target"].shape and np.abs(pair["target"]).max() > 0
+    assert list((work / "live_student").glob("ckpt_*.pt"))
+    installed = load_student(trained_student["models"] / "us1tiny" / STUDENT_FILENAME)
+    assert installed.metadata["steps"] == 3 and installed.metadata["pairs"] == len(pairs)
+    archive = work / "us1tiny.zip"
+    with zipfile.ZipFile(archive) as zf:
+        assert STUDENT_FILENAME in zf.namelist()
+    fresh = tmp_path / "fresh_models"
+    _run("train", "import", str(archive), "--models-dir", str(fresh))
+    model = fresh / "us1tiny" / "us1tiny.pth"
+    assert (fresh / "us1tiny" / STUDENT_FILENAME).is_file()
+    source = VOICES_DIR / "us2" / "speech" / "003.flac"
+    out = tmp_path / "streamed.wav"
+    proc = _run("infer", "stream", str(source), "-o", str(out), "--model", str(model), "--engine", "student")
+    assert "live student" in proc.stderr and "algorithmic latency 17 ms" in proc.stderr
+    streamed = load_audio(out, 16000)
+    original = load_audio(source, 16000)
+    assert abs(streamed.shape[0] - original.shape[0]) <= 16
+    assert np.all(np.isfinite(streamed)) and np.abs(streamed).max() > 0
+    # the same file whole through the student (streaming equals whole-file on the real weights too)
+    with torch.no_grad():
+        whole = installed.build()(torch.from_numpy(original).view(1, 1, -1))[0, 0].numpy()
+    n = min(whole.shape[0], streamed.shape[0])
+    np.testing.assert_allclose(streamed[:n], whole[:n], atol=1e-3)
+
+
+def test_import_refuses_a_zip_whose_live_student_is_broken(trained: dict[str, Path], tmp_path: Path) -> None:
+    from infer.library import import_model_zip
+    from infer.student import STUDENT_FILENAME
+
+    source = trained["models"] / "us1tiny"
+    archive = tmp_path / "broken.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.write(source / "us1tiny.pth", "us1tiny.pth")
+        zf.writestr(STUDENT_FILENAME, b"not a student")
+    fresh = tmp_path / "models"
+    with pytest.raises(Exception, match=STUDENT_FILENAME):
+        import_model_zip(archive, fresh)
+    assert not (fresh / "us1tiny").exists()

@@ -95,6 +95,17 @@ def _add_settings(p: argparse.ArgumentParser, *, defaults: bool) -> None:
     p.add_argument("--cm-max-steps", type=int, default=d("cm_max_steps"))
     p.add_argument("--acdd-epochs", type=int, default=d("acdd_epochs"))
     p.add_argument("--acdd-max-steps", type=int, default=d("acdd_max_steps"))
+    p.add_argument(
+        "--live-student",
+        dest="use_live_student",
+        action="store_true",
+        default=None,
+        help="distil the causal low-latency live student (python -m infer live|stream --engine student)",
+    )
+    p.add_argument("--live-student-steps", type=int, default=d("live_student_steps"))
+    p.add_argument(
+        "--live-student-pool", default=None, help="a folder of extra source speech for the live student"
+    )
     p.add_argument("--device", default=d("device"), help=f"{help_text(DEVICES)}; or cuda:N, xpu:N")
     p.add_argument("--workers", type=int, default=d("workers"))
     p.add_argument(
@@ -113,7 +124,8 @@ def build_parser(prog: str = "python -m train") -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser(
-        "run", help="the whole chain: prepare, extract, fit, index, [diffusion, distill, cm, acdd], export"
+        "run",
+        help="the whole chain: prepare, extract, fit, index, [optional stages], export",
     )
     _add_common(run)
     _add_settings(run, defaults=True)

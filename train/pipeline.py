@@ -1,4 +1,4 @@
-"""The training chain as stages: prepare, extract, fit, index, [diffusion, distill], [report], export.
+"""The training chain as stages: prepare, extract, fit, index, [optional students], [report], export.
 
 Size: one short function per stage and the chain that runs them, all on one settings record.
 
@@ -520,6 +520,9 @@ def stage_export(
             shutil.copy2(index, staging / index.name)
         for head in exportable_heads(settings.work_dir):
             shutil.copy2(head, staging / head.name)
+        student = exportable_student(settings)
+        if student is not None:
+            shutil.copy2(student, staging / student.name)
         if (settings.work_dir / "report.json").is_file():
             shutil.copy2(settings.work_dir / "report.json", staging / "report.json")
             from train.report import PREVIEW_DIRNAME
@@ -541,6 +544,7 @@ def stage_export(
                 "content_encoder": settings.content_encoder,
                 "dataset_duration_s": duration,
                 "has_diffusion": (staging / TEACHER_HEAD).is_file(),
+                "has_live_student": student is not None,
             }
         )
         atomic_write_text(staging / "timbre.json", json.dumps(metadata, indent=2))
@@ -564,6 +568,33 @@ def stage_export(
     )
 
 
+def _stage_live_student(
+    settings: TrainSettings,
+    *,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+    on_metrics: MetricsCallback | None = None,
+) -> StageResult:
+    """The live student (see :mod:`train.live_student`)."""
+    from train.live_student import stage_live_student
+
+    return stage_live_student(settings, progress=progress, should_stop=should_stop, on_metrics=on_metrics)
+
+
+def exportable_student(settings: TrainSettings) -> Path | None:
+    """``<work>/live_student.pt`` when it was distilled from the current voice (else None, with a warning)."""
+    from infer.student import STUDENT_FILENAME, load_student
+    from train.live_student import voice_fingerprint
+
+    path = settings.work_dir / STUDENT_FILENAME
+    if not path.is_file():
+        return None
+    if load_student(path).metadata.get("teacher_sha256") != voice_fingerprint(settings):
+        log.warning("%s was distilled from another version of the voice: not exported", path.name)
+        return None
+    return path
+
+
 _STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
     "prepare": stage_prepare,
     "extract": stage_extract,
@@ -573,10 +604,11 @@ _STAGE_FUNCTIONS: dict[str, Callable[..., StageResult]] = {
     "distill": stage_distill,
     "cm": stage_cm,
     "acdd": stage_acdd,
+    "live-student": _stage_live_student,
     "report": stage_report,
     "export": stage_export,
 }
-_WITH_METRICS = frozenset({"fit", "diffusion", "distill", "cm", "acdd"})
+_WITH_METRICS = frozenset({"fit", "diffusion", "distill", "cm", "acdd", "live-student"})
 
 
 def _prefixed_metrics(on_metrics: MetricsCallback | None, stage: str) -> MetricsCallback | None:
@@ -601,6 +633,8 @@ def stages_for_run(settings: TrainSettings) -> list[str]:
         chosen.append("cm")
     if settings.use_acdd:
         chosen.append("acdd")
+    if settings.use_live_student:
+        chosen.append("live-student")
     if settings.use_report:
         chosen.append("report")
     chosen.append("export")
@@ -630,6 +664,7 @@ def run_stages(
         "distill": 3.0,
         "cm": 3.0,
         "acdd": 3.0,
+        "live-student": 4.0,
         "report": 2.0,
         "export": 0.3,
     }

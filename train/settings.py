@@ -30,7 +30,7 @@ from train.slicing import SliceConfig
 MAX_WORKERS = 16
 _AT_LEAST_ONE = (
     "epochs", "batch_size", "save_every_epochs", "diffusion_epochs", "distill_epochs",
-    "cm_epochs", "acdd_epochs",
+    "cm_epochs", "acdd_epochs", "live_student_steps",
 )  # fmt: skip
 _STEP_LIMITS = ("max_steps", "diffusion_max_steps", "distill_max_steps", "cm_max_steps", "acdd_max_steps")
 
@@ -66,6 +66,10 @@ class TrainSettings:
             (Karras et al.; students: CM and ACDD).
         use_cm, use_acdd: distil the EDM teacher into a consistency model / an ACDD student.
         cm_epochs, cm_max_steps, acdd_epochs, acdd_max_steps: their schedules and caps.
+        use_live_student: distil the voice into its causal live student (``live_student.pt``).
+        live_student_steps: the student's training steps (its budget).
+        live_student_pool: a folder of extra source speech (any speakers) for the student's
+            parallel data; empty = only the voice's own clips, pitch- and formant-shifted.
         device: ``'auto'``, ``'cpu'``, ``'cuda'``...
         workers: processes for slicing and F0 (1 to :data:`MAX_WORKERS`).
         use_report: hold out a few clips and make the report card before export.
@@ -101,6 +105,9 @@ class TrainSettings:
     cm_max_steps: int = 0
     acdd_epochs: int = 10
     acdd_max_steps: int = 0
+    use_live_student: bool = False
+    live_student_steps: int = 3000
+    live_student_pool: str = ""
     device: str = "auto"
     workers: int = 2
     use_report: bool = True
@@ -182,6 +189,8 @@ def _problems(settings: TrainSettings) -> Iterator[str]:
             yield f"{key} must be at least 1"
     if min(getattr(settings, key) for key in _STEP_LIMITS) < 0:
         yield "step limits must be 0 (no limit) or more"
+    if settings.live_student_pool and not Path(settings.live_student_pool).is_dir():
+        yield f"the live student's source folder {settings.live_student_pool} is not a folder"
     if not 1 <= settings.workers <= MAX_WORKERS:
         yield f"workers: processes must be 1 to {MAX_WORKERS}"
     if settings.content_encoder == OFFLINE_CONTENT_ENCODER and settings.version != "v2":

@@ -8,9 +8,11 @@ Routes (added to the studio's FastAPI app at launch, see :func:`live_routes`):
 
 The protocol on the WebSocket, client first:
 
-1. text ``{"type": "start", "model": NAME, "sample_rate": HZ, "params": {...}, "stream": {...}}``
-   where ``params`` are conversion form names (:func:`infer.params.convert_params_from_form`) and
-   ``stream`` the :class:`~infer.stream.StreamConfig` fields;
+1. text ``{"type": "start", "model": NAME, "engine": "torch"|"student", "sample_rate": HZ,
+   "params": {...}, "stream": {...}}`` where ``params`` are conversion form names
+   (:func:`infer.params.convert_params_from_form`) and ``stream`` the
+   :class:`~infer.stream.StreamConfig` fields; with ``engine`` ``student`` the voice's live
+   student (:mod:`infer.student`) runs instead, in its own blocks, and both are ignored;
 2. binary frames: little-endian float32 mono samples at ``sample_rate`` (the client's clock);
 3. text ``{"type": "update", "params": {...}}`` at any time; ``{"type": "stop"}`` to end.
 
@@ -41,6 +43,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from infer.errors import TimbreError
 from infer.home import asset_path
+from infer.options import LIVE_ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ MAX_SESSIONS = 2
 STATS_INTERVAL_S = 1.0
 SEND_POLL_S = 0.005
 CLIENT_RATES_HZ = (16000, 22050, 24000, 32000, 44100, 48000, 88200, 96000)
+"""The engines of :data:`infer.options.ENGINES` a live stream can run."""
 MAX_FRAME_SAMPLES = 96000
 """Largest binary frame a client may send (one second at 96 kHz)."""
 
@@ -80,16 +84,23 @@ def _is_signed_in(connection: Request | WebSocket) -> bool:
 def panel_info(context: LiveContext) -> dict[str, Any]:
     """What the Live panel lists and starts with: models, F0 methods, the dataclasses' defaults."""
     from infer.catalog import list_models
-    from infer.options import F0_METHODS, names
+    from infer.options import ENGINES, F0_METHODS, names
     from infer.params import ConvertParams
     from infer.pitch import default_method
     from infer.stream import StreamConfig
+    from infer.student import student_path
 
     params, stream = ConvertParams(), StreamConfig()
     return {
         "models": [
-            {"name": e.name, "has_index": e.index_path is not None} for e in list_models(context.models_dir)
+            {
+                "name": e.name,
+                "has_index": e.index_path is not None,
+                "has_student": not e.is_loose and student_path(e.folder) is not None,
+            }
+            for e in list_models(context.models_dir)
         ],
+        "engines": [name for name in names(ENGINES) if name in LIVE_ENGINES],
         "f0_methods": list(names(F0_METHODS)),
         "defaults": {
             "f0_method": default_method(context.pretrained_dir),
@@ -142,13 +153,22 @@ class _Stream:
         if rate not in CLIENT_RATES_HZ:
             raise TimbreError(f"unsupported audio rate {rate} Hz; use one of {CLIENT_RATES_HZ}")
         entry = find_model(context.models_dir, str(start.get("model", "")))
-        index = entry.index_path if start.get("use_index", True) else None
-        device = str(resolve_device(context.device))
-        voice = load_voice(entry.pth_path, index, device=device)
-        converter = Converter(voice, Resources(pretrained_dir=context.pretrained_dir, device=device))
+        engine = str(start.get("engine", "torch"))
+        if engine not in LIVE_ENGINES:
+            raise TimbreError(f"live engine must be one of {sorted(LIVE_ENGINES)}, got {engine!r}")
         self.params = convert_params_from_form(dict(start.get("params", {})))
-        config = StreamConfig(**dict(start.get("stream", {})))
-        self.engine = StreamEngine(converter, self.params, config)
+        if engine == "student":
+            from infer.student import engine_for_model
+
+            # One CPU thread's worth of work; it shares the studio's torch thread pool.
+            self.engine: Any = engine_for_model(entry.folder if not entry.is_loose else entry.pth_path)
+        else:
+            index = entry.index_path if start.get("use_index", True) else None
+            device = str(resolve_device(context.device))
+            voice = load_voice(entry.pth_path, index, device=device)
+            converter = Converter(voice, Resources(pretrained_dir=context.pretrained_dir, device=device))
+            config = StreamConfig(**dict(start.get("stream", {})))
+            self.engine = StreamEngine(converter, self.params, config)
         self.session = LiveSession(self.engine)
         self.rate = rate
         self.model = entry.name

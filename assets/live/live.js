@@ -41,8 +41,17 @@
     const f0 = el("select", { id: "live-f0" });
     for (const name of info.f0_methods) f0.appendChild(el("option", { value: name, text: name }));
     f0.value = info.defaults.f0_method;
+    // Engine: the voice's live student (lowest latency) when it has one, else the RVC synthesizer.
+    const engine = el("select", { id: "live-engine" });
+    for (const name of info.engines) engine.appendChild(el("option", { value: name, text: name }));
+    const pickEngine = () => {
+      const chosen = info.models.find((m) => m.name === model.value);
+      engine.value = chosen && chosen.has_student ? "student" : "torch";
+    };
+    pickEngine();
+    model.addEventListener("change", pickEngine);
     const ui = {
-      model, f0,
+      model, f0, engine,
       pitch: range("live-pitch", -24, 24, 1, 0),
       indexRate: range("live-index-rate", 0, 1, 0.05, info.defaults.index_rate),
       protect: range("live-protect", 0, 0.5, 0.01, info.defaults.protect),
@@ -58,7 +67,7 @@
     if (!info.models.length) ui.status.textContent = "No voice model yet: train one or import a zip in the Models tab.";
     panel.replaceChildren(
       el("div", { class: "timbre-live-grid" }, [
-        field("Voice", model), field("F0 method", f0), field("Pitch (semitones)", ui.pitch),
+        field("Voice", model), field("Engine (student: lowest latency)", engine), field("F0 method", f0), field("Pitch (semitones)", ui.pitch),
         field("Index rate", ui.indexRate), field("Protect", ui.protect), field("Block (s)", ui.block),
         field("Context (s)", ui.context), field("Crossfade (s)", ui.crossfade),
       ]),
@@ -71,7 +80,7 @@
     for (const live of [ui.pitch.input, ui.indexRate.input, ui.protect.input, f0]) {
       live.addEventListener("change", () => sendUpdate(ui));
     }
-    for (const restart of [model, ui.block.input, ui.context.input, ui.crossfade.input]) {
+    for (const restart of [model, engine, ui.block.input, ui.context.input, ui.crossfade.input]) {
       restart.addEventListener("change", () => { if (state.ws) start(ui); });
     }
   }
@@ -138,7 +147,7 @@
     };
     ws.onopen = () => {
       ws.send(JSON.stringify({
-        type: "start", model: ui.model.value, sample_rate: ctx.sampleRate, params: params(ui),
+        type: "start", model: ui.model.value, engine: ui.engine.value, sample_rate: ctx.sampleRate, params: params(ui),
         stream: {
           block_s: Number(ui.block.input.value), context_s: Number(ui.context.input.value),
           crossfade_s: Number(ui.crossfade.input.value),

@@ -31,7 +31,9 @@ POLL_INTERVAL_S = 2.0
 IDLE_POLL_INTERVAL_S = 30.0
 """...and while none does (a job started elsewhere shows within this; see bench/idle.py)."""
 SIZE_LABELS = {"full": "full (RVC networks)", "tiny": "tiny (quick trial)"}
-STAGE_BUTTON_LABELS = {"fit": "Train", "distill": "Distil", "cm": "CM", "acdd": "ACDD"}
+STAGE_BUTTON_LABELS = {
+    "fit": "Train", "distill": "Distil", "cm": "CM", "acdd": "ACDD", "live-student": "Live",
+}  # fmt: skip
 """Button words where the stage's name is not the word the page uses (else the capitalised name)."""
 PRETRAINED_FIELDS = (
     "sample_rate",
@@ -48,7 +50,7 @@ def _stage_handler(studio: Studio, stage: str) -> Callable[[Any], tuple[Any, ...
     def start(values: Any) -> tuple[Any, ...]:
         return studio.train_stage(stage, values)
 
-    start.__name__ = f"train_{stage}"
+    start.__name__ = f"train_{stage.replace('-', '_')}"
     return start
 
 
@@ -118,6 +120,17 @@ def _settings_form(start: dict[str, Any]) -> Form:
         )
         use_cm = gr.Checkbox(value=start["use_cm"], label="Consistency student (edm teacher, 1 step)")
         use_acdd = gr.Checkbox(value=start["use_acdd"], label="ACDD student (edm teacher, 1 step)")
+    with gr.Row():
+        use_live_student = gr.Checkbox(
+            value=start["use_live_student"],
+            label="Live student (LLVC: ~17 ms latency on one CPU thread)",
+            elem_id="train-live-student",
+        )
+        live_student_pool = gr.Textbox(
+            value=start["live_student_pool"],
+            label="...extra source speech for it: a folder on the server (empty: the dataset, shifted)",
+            max_lines=1,
+        )
     with gr.Accordion("Slicing and F0", open=False, elem_id="train-slicing"):
         with gr.Row():
             slice_mode = gr.Dropdown(names(SLICE_MODES), value=start["slice_mode"], label="Slicing")
@@ -181,6 +194,9 @@ def _settings_form(start: dict[str, Any]) -> Form:
         )
         cm_epochs, cm_max_steps = _head_schedule(start, "cm", "Consistency")
         acdd_epochs, acdd_max_steps = _head_schedule(start, "acdd", "ACDD")
+        live_student_steps = gr.Number(
+            start["live_student_steps"], precision=0, minimum=1, label="Live student steps"
+        )
         workers = gr.Slider(
             1,
             MAX_WORKERS,
@@ -235,6 +251,9 @@ def _settings_form(start: dict[str, Any]) -> Form:
             "hop_size_ms": hop_size_ms,
             "max_sil_kept_ms": max_sil_kept_ms,
             "overlap_s": overlap_s,
+            "use_live_student": use_live_student,
+            "live_student_steps": live_student_steps,
+            "live_student_pool": live_student_pool,
         }
     )
 
@@ -304,7 +323,7 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
             form.handler(_stage_handler(studio, stage)),
             form.inputs,
             [job_pick, *view, jobs_df],
-            api_name=f"train_{stage}",
+            api_name=f"train_{stage.replace('-', '_')}",
             concurrency_limit=1,
             concurrency_id="train_start",
             show_progress="hidden",  # the job's own status shows progress; errors come as a toast
