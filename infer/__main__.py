@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Any
 from infer.options import (
     CONVERT_ENGINES,
     CONVERT_PRECISIONS,
-    LIVE_ENGINES,
     DEVICES,
     ENGINES,
     F0_METHODS,
+    LIVE_ENGINES,
     OUTPUT_FORMATS,
     REFINE_STARTS,
     SAMPLER_OFF,
