@@ -35,7 +35,7 @@ def fft_pays(channels: int, kernel_size: int) -> bool:
     """
     if os.environ.get(ENV_SWITCH, "1") == "0":
         return False
-    return (kernel_size >= 11 and channels >= 64) or (kernel_size >= 7 and channels >= 128)
+    return kernel_size >= 11 and channels >= 128
 
 
 def fft_usable(x: Tensor, layer: nn.Conv1d) -> bool:
@@ -44,7 +44,7 @@ def fft_usable(x: Tensor, layer: nn.Conv1d) -> bool:
         x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
-        and not torch.is_autocast_cpu_enabled()
+        and not torch.is_autocast_enabled("cpu")
         and "weight" in layer._parameters  # folded weight norm (or a plain conv)
         and layer.groups == 1
         and layer.stride[0] == 1
@@ -59,24 +59,25 @@ def span(layer: nn.Conv1d) -> int:
 
 
 def _spectrum(layer: nn.Conv1d, block: int) -> Tensor:
-    """``(block // 2 + 1, 2 C_in, 2 C_out)`` real form of the taps' conjugate spectra, cached.
+    """``(block // 2 + 1, C_in, C_out)`` conjugate spectra of the layer's taps, cached on it.
 
-    A complex product ``x * w`` per bin is written as one real matrix product on interleaved
-    (re, im) pairs, ``[xr, xi] @ [[wr, wi], [-wi, wr]]``: batched real GEMMs spread over the
-    threads where PyTorch's batched complex products on the CPU do not.
+    Each tap sits at ``j * dilation`` in a block of zeros, so its spectrum is a ``k``-term sum:
+    one small matrix product with a float64 DFT basis (an FFT of the zero-padded taps costs
+    seconds for a real-size decoder).
     """
     weight = layer.weight
     key = (block, weight.data_ptr(), weight._version)
     cached = getattr(layer, "_fft_spectrum", None)
     if cached is not None and cached[0] == key:
         return cached[1]
-    out_ch, in_ch, _ = weight.shape
-    taps = weight.new_zeros(out_ch, in_ch, block)
-    taps[:, :, 0 : span(layer) : layer.dilation[0]] = weight.detach()
-    spectrum = torch.fft.rfft(taps).conj().permute(2, 1, 0)  # (F, C_in, C_out)
-    re, im = spectrum.real, spectrum.imag
-    real = torch.stack((torch.stack((re, im), dim=-1), torch.stack((-im, re), dim=-1)), dim=2)
-    spectrum = real.reshape(spectrum.shape[0], 2 * in_ch, 2 * out_ch).contiguous()
+    out_ch, in_ch, k = weight.shape
+    positions = torch.arange(k, dtype=torch.float64) * layer.dilation[0]
+    bins = torch.arange(block // 2 + 1, dtype=torch.float64)
+    angle = 2 * torch.pi * positions[:, None] * bins[None, :] / block  # (k, F)
+    # conj(sum_j w_j e^{-i angle}) = sum_j w_j e^{+i angle}
+    basis = torch.polar(torch.ones_like(angle), angle).to(torch.complex64)
+    taps = weight.detach().reshape(out_ch * in_ch, k).to(torch.complex64)
+    spectrum = (taps @ basis).reshape(out_ch, in_ch, -1).permute(2, 1, 0).contiguous()
     layer._fft_spectrum = (key, spectrum)
     return spectrum
 
@@ -99,11 +100,9 @@ def fft_conv1d(layer: nn.Conv1d, x: Tensor, block: int = BLOCK_SAMPLES) -> Tenso
     n_blocks = -(-length // hop)
     padded = F.pad(x, (pad, n_blocks * hop + s - 1 - length - pad))
     frames = padded.unfold(-1, block, hop)  # (B, C, n_blocks, block)
-    spectra = torch.view_as_real(torch.fft.rfft(frames, n=block))  # (B, C, n_blocks, F, 2)
-    n_bins = spectra.shape[3]
-    spectra = spectra.permute(0, 3, 2, 1, 4).reshape(batch, n_bins, n_blocks, -1)  # (B, F, n_blocks, 2C)
-    mixed = torch.matmul(spectra, _spectrum(layer, block))  # (B, F, n_blocks, 2 C_out)
-    mixed = torch.view_as_complex(mixed.view(batch, n_bins, n_blocks, -1, 2))
+    # Bins first and contiguous: PyTorch's batched complex product spreads over the threads then.
+    spectra = torch.fft.rfft(frames, n=block).permute(0, 3, 2, 1).contiguous()  # (B, F, n_blocks, C)
+    mixed = torch.matmul(spectra, _spectrum(layer, block))  # (B, F, n_blocks, C_out)
     y = torch.fft.irfft(mixed.permute(0, 3, 2, 1), n=block)[..., :hop]  # (B, C_out, n_blocks, hop)
     y = y.reshape(batch, -1, n_blocks * hop)[..., :length]
     if layer.bias is not None:
