@@ -1,0 +1,142 @@
+"""Where the decoder's time goes, and which resblock convolutions run faster by FFT on this CPU.
+
+    python bench/decoder_ops.py                 # 2 threads, the v2 40k decoder, 5 s windows
+    python bench/decoder_ops.py --threads 1
+
+For every resblock convolution shape of RVC's NSF-HiFiGAN (v2, 40 kHz: 256/128/64/32 channels,
+kernels 3/7/11, dilations 1/3/5) on one decode window (512 frames plus margins), the median time
+of oneDNN's direct convolution (channels-last, as the decoder runs it) against the overlap-save
+FFT path of :mod:`infer.nn.fftconv`, with the relative difference of the two outputs. Then the
+whole decoder on 5 s of latent with the FFT path on and off (``TIMBRE_FFT_CONV``), alternating.
+Prints the CPU model and vector flags; compare figures from one run only.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import ensure_kit, load_average, machine_line
+from infer.nn import fftconv
+from infer.nn.generator import DEFAULT_WINDOW_FRAMES
+
+
+def _median_ms(fn: object, repeats: int) -> float:
+    fn()  # type: ignore[operator]
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fn()  # type: ignore[operator]
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times)
+
+
+def _shapes(hop_rates: list[int], channels: list[int]) -> list[tuple[int, int, int, int]]:
+    """(channels, samples per window, kernel, dilation) of every distinct resblock conv."""
+    rows = []
+    samples = DEFAULT_WINDOW_FRAMES + 64
+    for rate, width in zip(hop_rates, channels, strict=True):
+        samples *= rate
+        for kernel in (3, 7, 11):
+            for dilation in (1, 3, 5):
+                rows.append((width, samples, kernel, dilation))
+    return rows
+
+
+def _op_table(repeats: int) -> None:
+    print("| channels | samples | kernel | dilation | direct ms | FFT ms | FFT / direct | rel. diff |")
+    print("|---|---|---|---|---|---|---|---|")
+    for width, samples, kernel, dilation in _shapes([10, 10, 2, 2], [256, 128, 64, 32]):
+        conv = torch.nn.Conv1d(width, width, kernel, dilation=dilation, padding=(kernel - 1) * dilation // 2)
+        x = torch.randn(1, width, samples)
+        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+        w4 = conv.weight.unsqueeze(2)
+
+        def run_direct(x4: torch.Tensor = x4, w4: torch.Tensor = w4, conv: torch.nn.Conv1d = conv) -> None:
+            F.conv2d(x4, w4, conv.bias, 1, (0, conv.padding[0]), (1, conv.dilation[0]))
+
+        def run_fft(x: torch.Tensor = x, conv: torch.nn.Conv1d = conv) -> None:
+            fftconv.fft_conv1d(conv, x)
+
+        with torch.inference_mode():
+            direct = _median_ms(run_direct, repeats)
+            fast = _median_ms(run_fft, repeats)
+            ref = conv(x)
+            diff = float((fftconv.fft_conv1d(conv, x) - ref).abs().max() / ref.abs().max())
+        print(
+            f"| {width} | {samples} | {kernel} | {dilation} | {direct:.1f} | {fast:.1f} | "
+            f"{fast / direct:.2f} | {diff:.1e} |",
+            flush=True,
+        )
+
+
+def _decoder_ab(repeats: int) -> None:
+    from infer.pipeline import load_voice
+
+    synth = load_voice(ensure_kit().model_path).synthesizer
+    frames = 500
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(1, 192, frames, generator=gen)
+    f0 = torch.full((1, frames), 200.0)
+    noise = torch.randn(1, frames * synth.config.hop_length, 1, generator=gen)
+    g = synth.speaker_embedding(torch.tensor([0]))
+    blocks = [m for m in synth.modules() if hasattr(m, "use_fft")]
+    rule = {id(m): m.use_fft for m in blocks}
+    times: dict[str, list[float]] = {"direct": [], "fft": []}
+    outs = {}
+    with torch.inference_mode():
+        for _ in range(repeats + 1):
+            for mode in ("direct", "fft"):
+                for m in blocks:
+                    m.use_fft = mode == "fft" and rule[id(m)]
+                started = time.perf_counter()
+                outs[mode] = synth.decode(z, f0, g, sine_noise=noise, frames=(0, frames))
+                times[mode].append(time.perf_counter() - started)
+    a, b = outs["direct"].double(), outs["fft"].double()
+    snr = float(10 * torch.log10((a * a).sum() / ((a - b) ** 2).sum()))
+    d, f = statistics.median(times["direct"][1:]), statistics.median(times["fft"][1:])
+    used = sorted({(m.convs1[0].in_channels, m.convs1[0].kernel_size[0]) for m in blocks if rule[id(m)]})
+    print(
+        f"\nwhole decoder, 5 s of latent: direct {d:.2f} s, FFT path {f:.2f} s ({f / d:.2f}x), "
+        f"SNR {snr:.0f} dB"
+    )
+    print(f"FFT path on (channels, kernel): {used}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the per-shape table and the whole-decoder A/B."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--no-shapes", action="store_true", help="only the whole-decoder A/B")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    flags = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            flags = " ".join(sorted(f for f in line.split() if f.startswith(("avx", "amx", "fma"))))
+            break
+    print(
+        f"machine: {machine_line(args.threads)}\nCPU flags (vector): {flags}\n"
+        f"load average: {load_average()}\n"
+    )
+    if not args.no_shapes:
+        _op_table(args.repeats)
+    _decoder_ab(args.repeats)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
