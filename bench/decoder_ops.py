@@ -82,7 +82,7 @@ def _op_table(repeats: int) -> None:
         )
 
 
-def _decoder_ab(repeats: int) -> None:
+def _decoder_ab(repeats: int, fft_on: set[tuple[int, int]] | None) -> None:
     from infer.pipeline import load_voice
 
     synth = load_voice(ensure_kit().model_path).synthesizer
@@ -93,7 +93,12 @@ def _decoder_ab(repeats: int) -> None:
     noise = torch.randn(1, frames * synth.config.hop_length, 1, generator=gen)
     g = synth.speaker_embedding(torch.tensor([0]))
     blocks = [m for m in synth.modules() if hasattr(m, "use_fft")]
-    rule = {id(m): m.use_fft for m in blocks}
+    rule = {
+        id(m): m.use_fft
+        if fft_on is None
+        else (m.convs1[0].in_channels, m.convs1[0].kernel_size[0]) in fft_on
+        for m in blocks
+    }
     times: dict[str, list[float]] = {"direct": [], "fft": []}
     outs = {}
     with torch.inference_mode():
@@ -112,7 +117,7 @@ def _decoder_ab(repeats: int) -> None:
         f"\nwhole decoder, 5 s of latent: direct {d:.2f} s, FFT path {f:.2f} s ({f / d:.2f}x), "
         f"SNR {snr:.0f} dB"
     )
-    print(f"FFT path on (channels, kernel): {used}")
+    print(f"FFT path on (channels, kernel): {used}; shortest block {fftconv.MIN_BLOCK_SAMPLES}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,7 +126,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--no-shapes", action="store_true", help="only the whole-decoder A/B")
+    p.add_argument("--min-block", type=int, default=fftconv.MIN_BLOCK_SAMPLES, help="shortest FFT block")
+    p.add_argument(
+        "--fft-on", default="", help="resblocks on the FFT path as channels:kernel,... (default: the rule)"
+    )
     args = p.parse_args(argv)
+    fftconv.MIN_BLOCK_SAMPLES = args.min_block
+    fft_on = {tuple(int(v) for v in item.split(":")) for item in args.fft_on.split(",") if item} or None
     torch.set_num_threads(args.threads)
     flags = ""
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -134,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.no_shapes:
         _op_table(args.repeats)
-    _decoder_ab(args.repeats)
+    _decoder_ab(args.repeats, fft_on)  # type: ignore[arg-type]
     return 0
 
 

@@ -56,7 +56,7 @@ def test_the_fft_path_is_taken_only_where_it_is_exact_and_pays(monkeypatch: pyte
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not fftconv.fft_usable(x, conv)
     assert not fftconv.fft_usable(x, conv)  # autograd on: training keeps the direct conv
-    wide = nn.Conv1d(128, 128, 11, dilation=13, padding=65)  # span 131 does not fit a 256 block twice
+    wide = nn.Conv1d(128, 128, 11, dilation=60, padding=300)  # span 601: longer than half the largest block
     with torch.inference_mode():
         assert not fftconv.fft_usable(x, wide)
 

@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-BLOCK_SAMPLES = 256
-"""Overlap-save block length ``N`` (the fastest on the shapes measured; spans up to 51 fit)."""
+MIN_BLOCK_SAMPLES = 256
+"""Shortest overlap-save block ``N``; a layer's block is the next power of two >= twice its span."""
+MAX_BLOCK_SAMPLES = 1024
 ENV_SWITCH = "TIMBRE_FFT_CONV"
 """``0`` turns the FFT path off (``1``, the default, lets :func:`fft_pays` decide)."""
 
@@ -49,8 +50,16 @@ def fft_usable(x: Tensor, layer: nn.Conv1d) -> bool:
         and layer.groups == 1
         and layer.stride[0] == 1
         and layer.kernel_size[0] % 2 == 1
-        and span(layer) * 2 <= BLOCK_SAMPLES
+        and span(layer) * 2 <= MAX_BLOCK_SAMPLES
     )
+
+
+def block_for(span_samples: int) -> int:
+    """The overlap-save block for a kernel span: at least :data:`MIN_BLOCK_SAMPLES`, >= 2 spans."""
+    block = MIN_BLOCK_SAMPLES
+    while block < 2 * span_samples:
+        block *= 2
+    return block
 
 
 def span(layer: nn.Conv1d) -> int:
@@ -82,19 +91,20 @@ def _spectrum(layer: nn.Conv1d, block: int) -> Tensor:
     return spectrum
 
 
-def fft_conv1d(layer: nn.Conv1d, x: Tensor, block: int = BLOCK_SAMPLES) -> Tensor:
+def fft_conv1d(layer: nn.Conv1d, x: Tensor, block: int | None = None) -> Tensor:
     """``layer(x)`` for an odd-kernel, stride-1, ``same``-padded conv, by overlap-save FFT.
 
     Args:
         layer: the convolution (its weight, bias, dilation and padding are used).
         x: (B, C, T) float32.
-        block: FFT length; at least twice the layer's span.
+        block: FFT length, at least twice the layer's span (None: :func:`block_for`).
 
     Returns:
         (B, C_out, T), equal to ``layer(x)`` up to float32 rounding.
     """
     batch, _, length = x.shape
     s = span(layer)
+    block = block_for(s) if block is None else block
     pad = layer.padding[0]
     hop = block - s + 1
     n_blocks = -(-length // hop)
