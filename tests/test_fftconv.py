@@ -61,6 +61,13 @@ def test_the_fft_path_is_taken_only_where_it_is_exact_and_pays(monkeypatch: pyte
         assert not fftconv.fft_usable(x, wide)
 
 
+def test_weights_made_under_inference_mode_work() -> None:
+    with torch.inference_mode():
+        conv = nn.Conv1d(4, 4, 11, padding=5)
+        x = torch.randn(1, 4, 300)
+        torch.testing.assert_close(fftconv.fft_conv1d(conv, x), conv(x), rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize(("channels", "channels_last"), [(8, False), (8, True), (128, True)])
 def test_a_resblock_gives_the_same_output_on_either_path(channels: int, channels_last: bool) -> None:
     torch.manual_seed(2)

@@ -75,7 +75,8 @@ def _spectrum(layer: nn.Conv1d, block: int) -> Tensor:
     seconds for a real-size decoder).
     """
     weight = layer.weight
-    key = (block, weight.data_ptr(), weight._version)
+    # Inference tensors cannot change in place, so they carry no version counter.
+    key = (block, weight.data_ptr(), 0 if weight.is_inference() else weight._version)
     cached = getattr(layer, "_fft_spectrum", None)
     if cached is not None and cached[0] == key:
         return cached[1]
