@@ -299,7 +299,13 @@ def test_f0_plot_frame_drops_unvoiced_and_thins() -> None:
     assert frame[frame.series == "output"].f0_hz.tolist() == [200, 220, 240]
     long = views.f0_plot_frame(np.full(10_000, 150.0), None, max_points=1000)
     assert len(long) == 1000 and long.time_s.iloc[1] == pytest.approx(0.1)
-    assert len(views.f0_plot_frame(None, None)) == 0
+    empty = views.f0_plot_frame(None, None)
+    assert len(empty) == 0
+    # the page's empty plot must already colour by a nominal series (a numeric scale draws no lines)
+    plot = gr.LinePlot(empty, x="time_s", y="f0_hz", color="series")
+    assert plot.postprocess(empty).datatypes == plot.postprocess(frame).datatypes == {
+        "time_s": "quantitative", "f0_hz": "quantitative", "series": "nominal"
+    }  # fmt: skip
 
 
 def test_metrics_frame_and_formatting() -> None:
