@@ -49,8 +49,13 @@ _CONVERT_FLAGS = {
 }
 
 
-def add_convert_options(p: argparse.ArgumentParser, *, is_model_required: bool = True) -> None:
-    """The conversion knobs and resources, shared by every command that converts."""
+def add_convert_options(
+    p: argparse.ArgumentParser, *, is_model_required: bool = True, has_engine: bool = True
+) -> None:
+    """The conversion knobs and resources, shared by every command that converts.
+
+    ``has_engine=False`` leaves ``--engine`` to the caller (stream and live offer :data:`LIVE_ENGINES`).
+    """
     p.add_argument(
         "--model", "-m", required=is_model_required, type=Path, help="voice model .pth (RVC or Timbre)"
     )
@@ -80,6 +85,8 @@ def add_convert_options(p: argparse.ArgumentParser, *, is_model_required: bool =
         "--precision", choices=names(CONVERT_PRECISIONS), default="auto", help=help_text(CONVERT_PRECISIONS)
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    if not has_engine:
+        return
     p.add_argument(
         "--engine", choices=CONVERT_ENGINES, default="torch",
         help="; ".join(f"{n}: {ENGINES[n].help}" for n in CONVERT_ENGINES),
@@ -211,7 +218,7 @@ def _add_stream_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("input", type=Path, help="audio file")
     p.add_argument("--output", "-o", required=True, type=Path, help="output audio file")
     _add_stream_options(p)
-    add_convert_options(p)
+    add_convert_options(p, has_engine=False)
 
 
 def _add_live_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -225,7 +232,7 @@ def _add_live_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--output-device", type=int, default=None, help="output device index")
     p.add_argument("--seconds", type=float, default=None, help="stop after this many seconds")
     _add_stream_options(p)
-    add_convert_options(p, is_model_required=False)
+    add_convert_options(p, is_model_required=False, has_engine=False)
 
 
 def stream_config_from_args(args: argparse.Namespace) -> Any:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import re
 import socket
 import subprocess
 import sys
@@ -45,7 +46,7 @@ EXPECTED_API_NAMES = {
     "/job_status", "/cancel_job", "/resume_job", "/list_models", "/rename_model", "/delete_model",
     "/export_model", "/import_model", "/asset_status", "/download_asset", "/cancel_download", "/device_info",
     "/jobs_selftest", "/train_cm", "/train_acdd", "/cover", "/separate", "/cancel_cover", "/stem_cache",
-    "/clear_stem_cache", "/train_live_student",
+    "/clear_stem_cache", "/train_live_student", "/export_onnx", "/import_url", "/cancel_import",
 }  # fmt: skip
 CONVERT_DEFAULTS = [0, "auto", 0.75, 3, 0.25, 0.33, "model", 0, "off", 4, 0.0, "shallow", 0.5, "cpu", "auto"]
 # The Train tab's inputs after (experiment, rate, version, use_f0, size, uploads, folder), in order.
@@ -298,7 +299,13 @@ def test_f0_plot_frame_drops_unvoiced_and_thins() -> None:
     assert frame[frame.series == "output"].f0_hz.tolist() == [200, 220, 240]
     long = views.f0_plot_frame(np.full(10_000, 150.0), None, max_points=1000)
     assert len(long) == 1000 and long.time_s.iloc[1] == pytest.approx(0.1)
-    assert len(views.f0_plot_frame(None, None)) == 0
+    empty = views.f0_plot_frame(None, None)
+    assert len(empty) == 0
+    # the page's empty plot must already colour by a nominal series (a numeric scale draws no lines)
+    plot = gr.LinePlot(empty, x="time_s", y="f0_hz", color="series")
+    assert plot.postprocess(empty).datatypes == plot.postprocess(frame).datatypes == {
+        "time_s": "quantitative", "f0_hz": "quantitative", "series": "nominal"
+    }  # fmt: skip
 
 
 def test_metrics_frame_and_formatting() -> None:
@@ -626,6 +633,132 @@ def test_import_rename_delete(studio: tuple[Client, Path]) -> None:
     table, _, status = client.predict("caroline", "caroline", api_name="/delete_model")
     assert "Deleted" in status and "caroline" not in {r[0] for r in table["data"]}
     assert not (root / "models" / "caroline").exists()
+
+
+def test_export_onnx_gives_a_graph_that_runs_like_the_model(studio: tuple[Client, Path]) -> None:
+    from infer.models import build_synthesizer, load_voice_model
+    from infer.onnx_synth import INPUT_NAMES_F0, OnnxSynthesizer, example_inputs
+    from tests.test_onnx import PARITY_SNR_DB, snr_db, torch_reference
+
+    client, root = studio
+    pth = write_voice_model(
+        root / "models" / "dora" / "dora.pth", tiny_synth_config("v2", 40000), name="dora"
+    )
+    try:
+        onnx_path, status = client.predict("dora", api_name="/export_onnx")
+        assert Path(onnx_path).name == "dora.onnx" and "**dora** exported as `dora.onnx`" in status
+        written = list((root / "data" / "exports").rglob("dora.onnx"))
+        assert len(written) == 1 and written[0].read_bytes() == Path(onnx_path).read_bytes()
+        session = OnnxSynthesizer.load(Path(onnx_path), threads=1)
+        assert session.input_names == INPUT_NAMES_F0
+        synth = build_synthesizer(load_voice_model(pth))
+        inputs = example_inputs(synth, 50, seed=3)
+        audio = session.run({k: v.numpy() for k, v in inputs.items()})
+        reference = torch_reference(synth, inputs)
+        assert audio.shape == reference.shape == (1, 1, 50 * synth.config.hop_length)
+        assert snr_db(reference, audio) >= PARITY_SNR_DB
+        with pytest.raises(AppError, match="choose the model to export"):
+            client.predict(None, api_name="/export_onnx")
+        with pytest.raises(AppError, match=r"bob\.pth"):  # 20 zero bytes: not a voice model
+            client.predict("bob", api_name="/export_onnx")
+        with pytest.raises(AppError, match="no model called 'zed'"):
+            client.predict("zed", api_name="/export_onnx")
+    finally:
+        client.predict("dora", "dora", api_name="/delete_model")
+
+
+@pytest.fixture
+def file_server(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A folder served over HTTP on 127.0.0.1, and its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    served = tmp_path / "served"
+    served.mkdir()
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=served))
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield served, f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_import_from_url(studio: tuple[Client, Path], file_server: tuple[Path, str]) -> None:
+    client, root = studio
+    served, base = file_server
+    pth = write_voice_model(served / "erin.pth", tiny_synth_config("v2", 48000), name="erin")
+    with zipfile.ZipFile(served / "erin.zip", "w") as zf:
+        zf.write(pth, "erin/erin.pth")  # Applio's layout: one folder
+    (served / "page.html").write_text("<html>not a model</html>")
+    try:
+        table, picked, status = client.predict(f"{base}/erin.zip", "", False, api_name="/import_url")
+        assert "Imported **erin** from the URL" in status and "48 kHz" in status
+        assert picked["value"] == "erin" and "erin" in {r[0] for r in table["data"]}
+        assert (root / "models" / "erin" / "erin.pth").read_bytes() == pth.read_bytes()
+        with pytest.raises(AppError, match="erin"):  # exists already
+            client.predict(f"{base}/erin.zip", "", False, api_name="/import_url")
+        # a bare .pth, named by the page's name box; a finished download is not kept
+        _, picked, status = client.predict(f"{base}/erin.pth", "fay", False, api_name="/import_url")
+        assert picked["value"] == "fay" and "Imported **fay**" in status
+        assert (root / "models" / "fay" / "fay.pth").read_bytes() == pth.read_bytes()
+        assert not list((root / "data" / "downloads").iterdir())
+
+        closed = _free_port()  # nothing listens there: as offline
+        refusals = {
+            "erin.zip": "enter the http:// or https:// address",
+            f"{base}/missing.zip": "answered HTTP 404",
+            f"{base}/page.html": "neither a model zip nor a .pth",
+            f"http://127.0.0.1:{closed}/erin.zip": "could not reach 127.0.0.1",
+        }
+        for url, reason in refusals.items():
+            with pytest.raises(AppError, match=re.escape(reason)) as caught:
+                client.predict(url, "", False, api_name="/import_url")
+            assert "\n" not in str(caught.value)
+        assert client.predict(api_name="/cancel_import") == "No import is running."
+        assert {r[0] for r in client.predict(api_name="/list_models")["data"]} == {
+            "alice",
+            "bob",
+            "erin",
+            "fay",
+        }
+    finally:
+        for name in ("erin", "fay"):
+            if (root / "models" / name).exists():
+                client.predict(name, name, api_name="/delete_model")
+
+
+def test_import_from_url_over_the_size_limit_is_one_line(
+    tmp_path: Path, file_server: tuple[Path, str]
+) -> None:
+    served, base = file_server
+    write_voice_model(served / "gus.pth", tiny_synth_config("v2", 40000), name="gus")
+    paths = ui_studio.StudioPaths(tmp_path / "models", tmp_path / "data", tmp_path / "pretrained")
+    studio = ui_studio.Studio(paths)
+    studio.max_import_bytes = 1000
+    seen: list[tuple[float, str]] = []
+    with pytest.raises(gr.Error) as caught:
+        studio.import_url(f"{base}/gus.pth", "", False, None, lambda f, desc="": seen.append((f, desc)))
+    message = caught.value.message
+    assert "over the size limit" in message and "\n" not in message
+    assert not (tmp_path / "models" / "gus").exists()
+    studio.max_import_bytes = 10 * 2**20
+    _, picked, status = studio.import_url(
+        f"{base}/gus.pth", "", False, None, lambda f, desc="": seen.append((f, desc))
+    )
+    assert (
+        "Imported **gus**" in status
+        and picked["value"] == "gus"
+        and (tmp_path / "models" / "gus" / "gus.pth").is_file()
+    )
+    assert seen[-1] == (1.0, "imported gus") and all(0.0 <= f <= 1.0 for f, _ in seen)
 
 
 def test_assets_and_pretrained_status(studio: tuple[Client, Path]) -> None:

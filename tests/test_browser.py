@@ -281,8 +281,10 @@ def test_run_all_tiny_then_convert_and_download_the_zip(
     )
     expect(page.locator("#convert-files")).to_contain_text(f"003_{EXPERIMENT}")
     screenshot(page, "flow_convert_result")
-    # The README's screenshot: the Convert tab after a conversion, one window high. It is written to
+    # The README's screenshot: the Convert tab after a conversion, the page's top window. It is written to
     # tests/artifacts/ on every run and copied over assets/studio.png with TIMBRE_UPDATE_SCREENSHOT=1.
+    page.evaluate("window.scrollTo(0, 0)")  # the title and the tabs, not wherever the click left it
+    page.wait_for_timeout(300)
     shot = screenshot(page, "studio", full_page=False)
     assert shot.stat().st_size > 10_000
     if os.environ.get("TIMBRE_UPDATE_SCREENSHOT") == "1":
@@ -303,6 +305,17 @@ def test_run_all_tiny_then_convert_and_download_the_zip(
     assert {f"{EXPERIMENT}.pth", "timbre.json"} <= names
     assert any(n.startswith("added_IVF") and n.endswith(f"_{EXPERIMENT}_v2.index") for n in names)
     screenshot(page, "flow_models_zip")
+
+    # Export ONNX offers the model's synthesizer graph for download.
+    page.locator("#models-export-onnx").click()
+    expect(page.locator("#models-status")).to_contain_text(f"{EXPERIMENT}.onnx", timeout=UI_TIMEOUT_MS * 2)
+    link = page.locator("#models-onnx a").first
+    expect(link).to_be_visible(timeout=UI_TIMEOUT_MS)
+    with page.expect_download() as download_info:
+        link.click()
+    graph = tmp_path / download_info.value.suggested_filename
+    download_info.value.save_as(graph)
+    assert graph.name == f"{EXPERIMENT}.onnx" and graph.stat().st_size > 10_000
 
     # The downloaded zip imports back under another name.
     upload(page, "models-import-files", [saved])

@@ -71,6 +71,23 @@ def test_the_conversion_cli_offers_the_table(fake_vocabulary: None) -> None:
     assert (args.f0_method, args.sampler) == (FAKE_F0, FAKE_SAMPLER)
 
 
+def test_each_command_offers_its_engines() -> None:
+    """convert takes CONVERT_ENGINES, stream and live take LIVE_ENGINES; nothing else."""
+    from infer.__main__ import build_parser
+
+    parser = build_parser()
+    convert = ["convert", "in.wav", "-o", "out.wav", "-m", "v.pth"]
+    stream = ["stream", "in.wav", "-o", "out.wav", "-m", "v.pth"]
+    for engine in options.CONVERT_ENGINES:
+        assert parser.parse_args([*convert, "--engine", engine]).engine == engine
+    for command in (stream, ["live"]):
+        for engine in options.LIVE_ENGINES:
+            assert parser.parse_args([*command, "--engine", engine]).engine == engine
+    for args in ([*convert, "--engine", "student"], [*stream, "--engine", "onnx"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args(args)
+
+
 def test_the_training_cli_offers_the_table(fake_vocabulary: None, monkeypatch: pytest.MonkeyPatch) -> None:
     from train.__main__ import build_parser
 

@@ -106,6 +106,11 @@ class StudioPaths:
         return self.data_dir / "exports"
 
     @property
+    def downloads_dir(self) -> Path:
+        """Where URL imports download to (a broken transfer resumes from its ``.part`` here)."""
+        return self.data_dir / "downloads"
+
+    @property
     def jobs_db(self) -> Path:
         return self.data_dir / JOBS_DB_NAME
 
@@ -231,6 +236,9 @@ def fresh_output_dir(outputs_dir: Path) -> Path:
 class Studio:
     """The page's handlers: each maps widget values to typed calls into the library."""
 
+    max_import_bytes: int | None = None
+    """The size limit of a URL import; None: the library's (:class:`infer.library.ImportLimits`)."""
+
     def __init__(self, paths: StudioPaths) -> None:
         self.paths = paths
         self.roots = dataset_roots(paths.data_dir, paths.dataset_roots)
@@ -304,6 +312,78 @@ class Studio:
         return str(
             archive
         ), f"**{name}** packed as `{archive.name}` ({format_bytes(archive.stat().st_size)})."
+
+    @ui_errors
+    def export_onnx(
+        self,
+        name: str | None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects the tracker)
+    ) -> tuple[str, str]:
+        """Write the model's synthesizer as ``<name>.onnx`` (RVC's signature) in a fresh exports folder."""
+        from infer.models import build_synthesizer, load_voice_model
+        from infer.onnx_synth import export_onnx
+
+        if not name:
+            raise StudioError("choose the model to export first")
+        entry = find_model(self.paths.models_dir, name)
+        update = gradio_progress(progress)
+        report(update, 0.05, f"loading {name}")
+        synthesizer = build_synthesizer(load_voice_model(entry.pth_path))
+        report(update, 0.2, "exporting the synthesizer to ONNX")
+        folder = fresh_output_dir(self.paths.exports_dir)
+        try:
+            graph = export_onnx(synthesizer, folder / f"{name}.onnx")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        size = format_bytes(graph.stat().st_size)
+        return str(graph), (
+            f"**{name}** exported as `{graph.name}` ({size}): RVC's ONNX synthesizer "
+            "(phone, phone_lengths, pitch, pitchf, ds, rnd -> audio)."
+        )
+
+    @ui_errors
+    def import_url(
+        self,
+        url: str | None,
+        name: str | None,
+        overwrite: bool,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects the tracker)
+    ) -> tuple[list[list[str]], dict[str, Any], str]:
+        """Fetch a model zip or .pth from an http(s) URL (resumable, size-limited) and install it."""
+        from infer.library import ImportLimits
+        from infer.remote import import_model_source, is_url
+
+        address = (url or "").strip()
+        if not is_url(address):
+            raise StudioError("enter the http:// or https:// address of a model .zip or .pth")
+        session = session_of(request)
+        flag = self.stops.begin("import", session)
+        try:
+            imported = import_model_source(
+                address,
+                self.paths.models_dir,
+                name=(name or "").strip() or None,
+                overwrite=bool(overwrite),
+                max_bytes=self.max_import_bytes or ImportLimits().max_total_bytes,
+                download_dir=self.paths.downloads_dir,
+                progress=gradio_progress(progress),
+                should_stop=flag.is_set,
+            )
+        except OSError as exc:  # DiskSpaceError too: name the folder it was writing
+            raise readable_os_error(exc, self.paths, self.paths.models_dir) from exc
+        finally:
+            self.stops.end("import", session, flag)
+        entry = find_model(self.paths.models_dir, imported)
+        message = f"Imported **{imported}** from the URL: {model_info_markdown(entry)}"
+        return models_table(self.entries()), self.model_choices(imported), message
+
+    @ui_errors
+    def cancel_import(self, request: gr.Request) -> str:
+        if self.stops.stop("import", session_of(request)):
+            return "Stopping the import (the partial download is kept; importing the URL again resumes it)..."
+        return "No import is running."
 
     @ui_errors
     def import_model(

@@ -316,8 +316,14 @@ def f0_plot_frame(
         frames.append(
             pd.DataFrame({"time_s": index[voiced] / frame_rate_hz, "f0_hz": values[voiced], "series": label})
         )
-    if not frames:
-        return pd.DataFrame({"time_s": [], "f0_hz": [], "series": []})
+    if not frames:  # typed columns: an empty float "series" would make the plot's colour scale numeric
+        return pd.DataFrame(
+            {
+                "time_s": pd.Series([], dtype="float64"),
+                "f0_hz": pd.Series([], dtype="float64"),
+                "series": pd.Series([], dtype="str"),
+            }
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -343,7 +349,13 @@ def metrics_frame(
         if value is not None and name.rsplit("/", 1)[-1].startswith(prefix)
     ]
     if not records:
-        return pd.DataFrame({"step": [], "value": [], "metric": []})
+        return pd.DataFrame(  # typed, so the plot's colour scale stays nominal (see f0_plot_frame)
+            {
+                "step": pd.Series([], dtype="int64"),
+                "value": pd.Series([], dtype="float64"),
+                "metric": pd.Series([], dtype="str"),
+            }
+        )
     return pd.DataFrame.from_records(records)
 
 

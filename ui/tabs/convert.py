@@ -8,7 +8,7 @@ from infer.options import CONVERT_PRECISIONS, DEVICES, REFINE_STARTS, SAMPLERS, 
 from ui.batch import INDEX_AUTO, index_choices
 from ui.forms import Form, convert_defaults, f0_choices, output_rate_choices
 from ui.studio import Studio
-from ui.views import f0_plot_frame, model_info_markdown
+from ui.views import model_info_markdown
 
 CONVERT_CONCURRENCY = 1  # conversions run one at a time; the rest wait in Gradio's queue
 
@@ -129,7 +129,7 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
                 elem_id="convert-files",
             )
             f0_plot = gr.LinePlot(
-                f0_plot_frame(None, None),
+                None,  # Gradio 6 draws no lines after an empty initial frame with a colour field
                 x="time_s",
                 y="f0_hz",
                 color="series",

@@ -1,4 +1,4 @@
-"""The Models tab: the models folder as a table; rename, delete, download as zip, import."""
+"""The Models tab: the models folder as a table; rename, delete, download as zip or ONNX, import."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
                 refresh = gr.Button("Refresh list")
                 export_btn = gr.Button("Download as zip", elem_id="models-export")
                 export_file = gr.File(label="Model zip", interactive=False, elem_id="models-zip")
+                onnx_btn = gr.Button("Export ONNX", elem_id="models-export-onnx")
+                onnx_file = gr.File(
+                    label="ONNX synthesizer (RVC's inputs)", interactive=False, elem_id="models-onnx"
+                )
             with gr.Column(min_width=300):
                 new_name = gr.Textbox(label="New name", max_lines=1)
                 rename_btn = gr.Button("Rename")
@@ -49,6 +53,15 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
                 )
                 overwrite = gr.Checkbox(value=False, label="Replace a model of the same name")
                 import_btn = gr.Button("Import", elem_id="models-import")
+                import_url = gr.Textbox(
+                    label="Import from URL: an http(s) address of a model .zip or .pth",
+                    placeholder="https://...",
+                    max_lines=1,
+                    elem_id="models-import-url",
+                )
+                with gr.Row():
+                    url_btn = gr.Button("Import from URL", elem_id="models-import-url-button")
+                    url_cancel = gr.Button("Cancel", elem_id="models-import-url-cancel")
         status = gr.Markdown(elem_classes="timbre-status", elem_id="models-status")
 
     changed = [table, pick, status]
@@ -68,4 +81,16 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
     export_btn.click(studio.export_model, pick, [export_file, status], api_name="export_model")
     import_btn.click(
         studio.import_model, [import_files, import_name, overwrite], changed, api_name="import_model"
+    )
+    onnx_btn.click(studio.export_onnx, pick, [onnx_file, status], api_name="export_onnx")
+    url_event = url_btn.click(
+        studio.import_url,
+        [import_url, import_name, overwrite],
+        changed,
+        api_name="import_url",
+        concurrency_limit=1,
+        concurrency_id="import_url",
+    )
+    url_cancel.click(
+        studio.cancel_import, None, status, cancels=[url_event], api_name="cancel_import", queue=False
     )

@@ -24,7 +24,7 @@ from infer.options import (
 from train.settings import MAX_WORKERS
 from ui.forms import Form, f0_choices, train_defaults
 from ui.studio import Studio
-from ui.views import JOB_TABLE_HEADERS, job_status_markdown, metrics_frame
+from ui.views import JOB_TABLE_HEADERS, job_status_markdown
 
 POLL_INTERVAL_S = 2.0
 """The Train tab's refresh while a job runs."""
@@ -289,7 +289,12 @@ def build(demo: gr.Blocks, studio: Studio) -> None:
                     cancel_btn = gr.Button("Cancel job", elem_classes="timbre-danger", elem_id="train-cancel")
                     resume_btn = gr.Button("Resume", elem_id="train-resume")
                 loss_plot = gr.LinePlot(
-                    metrics_frame([]), x="step", y="value", color="metric", title="Losses", height=240
+                    None,  # not an empty frame: Gradio 6 then draws no lines for later data
+                    x="step",
+                    y="value",
+                    color="metric",
+                    title="Losses",
+                    height=240,
                 )
                 log_box = gr.Textbox(
                     label="Last log lines",
