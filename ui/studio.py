@@ -498,13 +498,19 @@ class Studio:
         except TimbreError:
             return None
 
-    def _job_view(self, job_id: float | None) -> tuple[str, pd.DataFrame, str, str]:
+    def _job_view(self, job_id: float | None) -> tuple[str, pd.DataFrame | None, str, str]:
+        """Status, loss curves, log tail and dataset report of a job.
+
+        The curves are None until there is a point to draw: Gradio 6's LinePlot draws no lines
+        for later data once it has been given an empty frame with a colour field.
+        """
         job = self._job(job_id)
         if job is None:
-            return job_status_markdown(None), metrics_frame([]), "", ""
-        rows = self.store.latest_metrics(job.id, limit=MAX_METRIC_ROWS)
+            return job_status_markdown(None), None, "", ""
+        frame = metrics_frame(self.store.latest_metrics(job.id, limit=MAX_METRIC_ROWS))
         log_text = "\n".join(self.store.tail_log(job.id, LOG_TAIL_LINES))
-        return job_status_markdown(job), metrics_frame(rows), log_text, self._dataset_report(job.experiment)
+        curves = frame if len(frame) else None
+        return job_status_markdown(job), curves, log_text, self._dataset_report(job.experiment)
 
     def _dataset_report(self, experiment: str) -> str:
         try:
