@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,7 @@ from torch.nn import functional as F
 
 from infer.errors import ModelLoadError
 from infer.nn.configs import ConfigError, check_config_keys
+from infer.stream import StreamStats
 
 __all__ = [
     "DEFAULT_BLOCK_SAMPLES",
@@ -422,18 +423,6 @@ class StudentStreamConfig:
         return (self.block_samples + self.lookahead_samples) / STUDENT_SAMPLE_RATE_HZ
 
 
-@dataclass
-class _Stats:
-    blocks: int = 0
-    gated: int = 0
-    late: int = 0
-    dropped: int = 0
-    compute_s: list[float] = field(default_factory=list)
-
-    def percentile_ms(self, q: float) -> float:
-        return float(np.percentile(self.compute_s, q) * 1000) if self.compute_s else 0.0
-
-
 class StudentEngine:
     """The live student behind the streaming engine's interface (:class:`infer.stream.LiveSession`).
 
@@ -448,7 +437,7 @@ class StudentEngine:
             raise ValueError(f"a student block is a positive multiple of {hop} samples, got {block_samples}")
         self.student = student.eval()
         self.config = StudentStreamConfig(block_samples, student.config.lookahead_samples)
-        self.stats = _Stats()
+        self.stats = StreamStats()
         self.state = student.initial_state()
         self.last_target_f0_hz = np.zeros(0, dtype=np.float32)
 
