@@ -87,7 +87,9 @@ def pick_auto() -> torch.device:
     for device_type in AUTO_ORDER:
         if device_count(device_type) > 0:
             why = f" (no {', '.join(missing)})" if missing else ""
-            log.info("device auto: %s%s", _describe(device_type), why)
+            # The CPU on a machine without accelerators is no news: said only with --debug.
+            level = logging.DEBUG if device_type == "cpu" else logging.INFO
+            log.log(level, "device auto: %s%s", _describe(device_type), why)
             return torch.device(device_type, 0) if device_type in INDEXED_TYPES else torch.device(device_type)
         missing.append(device_type.upper() if device_type != "mps" else "MPS")
     return torch.device("cpu")  # unreachable: the CPU always counts one

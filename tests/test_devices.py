@@ -91,6 +91,12 @@ def test_auto_logs_what_it_picked_and_what_it_passed_over(monkeypatch, caplog):
         assert resolve_device("auto") == torch.device("mps")
     (line,) = [r.getMessage() for r in caplog.records]
     assert "Apple GPU (MPS)" in line and "no CUDA, XPU" in line
+    caplog.clear()
+    fake_machine(monkeypatch)
+    with caplog.at_level(logging.DEBUG, logger="infer.devices"):
+        assert resolve_device("auto") == torch.device("cpu")
+    (record,) = caplog.records
+    assert record.levelno == logging.DEBUG and "no CUDA, XPU, MPS" in record.getMessage()
 
 
 def test_torch_without_an_xpu_backend_counts_none(monkeypatch):
