@@ -65,7 +65,16 @@ def _train_student(args: argparse.Namespace, work: Path) -> float:
     settings = TrainSettings.load(work)
     settings = replace(settings, use_live_student=True, live_student_steps=args.train_steps)
     started = time.monotonic()
-    stage_live_student(settings, progress=None, should_stop=None, train_budget_s=args.train_seconds or None)
+    from infer.student import StudentConfig
+
+    size = args.student_size or ("tiny" if args.teacher_size == "tiny" else "default")
+    stage_live_student(
+        settings,
+        progress=None,
+        should_stop=None,
+        train_budget_s=args.train_seconds or None,
+        student_config=StudentConfig.tiny() if size == "tiny" else StudentConfig(),
+    )
     return time.monotonic() - started
 
 
@@ -151,6 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", nargs="+", default=["us2", "kal"], help="voices converted into it")
     parser.add_argument("--teacher-size", choices=("tiny", "full"), default="full")
     parser.add_argument("--teacher-steps", type=int, default=2000)
+    parser.add_argument(
+        "--student-size",
+        choices=("tiny", "default"),
+        default=None,
+        help="the student network (default: as the teacher)",
+    )
     parser.add_argument("--train-seconds", type=float, default=1800.0, help="student budget (0 = steps only)")
     parser.add_argument("--train-steps", type=int, default=100_000, help="student step cap")
     parser.add_argument("--clips", type=int, default=20, help="held-out sentences per source voice")

@@ -477,11 +477,13 @@ def stage_live_student(
     on_metrics: MetricsFn | None = None,
     train_config: StudentTrainConfig | None = None,
     train_budget_s: float | None = None,
+    student_config: StudentConfig | None = None,
 ) -> Any:
     """Make the teacher's pairs (cached) and train the live student; writes ``<work>/live_student.pt``.
 
     ``train_budget_s`` (benchmarks) stops training, not pair making, after that many seconds; the
-    student of the last step is written and the stage returns normally.
+    student of the last step is written and the stage returns normally. ``student_config``
+    (benchmarks) overrides the network's size, which otherwise follows the voice's (tiny or not).
     """
     from infer.params import ConvertParams
     from infer.pipeline import Converter, Resources, load_voice
@@ -495,7 +497,7 @@ def stage_live_student(
         raise StageError(f"the live student needs the trained voice {pth}: run `fit` first")
     is_tiny = settings.size == "tiny"
     tc = train_config or (StudentTrainConfig.tiny() if is_tiny else StudentTrainConfig())
-    student_config = StudentConfig.tiny() if is_tiny else StudentConfig()
+    student_config = student_config or (StudentConfig.tiny() if is_tiny else StudentConfig())
     index = index_path(settings)
     f0_method = _f0_method(settings) if settings.use_f0 else None
     fingerprint = voice_fingerprint(settings)
