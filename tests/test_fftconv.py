@@ -61,6 +61,31 @@ def test_the_fft_path_is_taken_only_where_it_is_exact_and_pays(monkeypatch: pyte
         assert not fftconv.fft_usable(x, wide)
 
 
+def test_traced_and_exported_graphs_keep_the_direct_conv(tmp_path) -> None:
+    conv = nn.Conv1d(128, 128, 11, padding=5)
+    seen: list[bool] = []
+
+    class Probe(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = conv
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(fftconv.fft_usable(x, self.conv))
+            return self.conv(x)
+
+    x = torch.randn(1, 128, 64)
+    with torch.no_grad():
+        assert fftconv.fft_usable(x, conv)
+        torch.jit.trace(Probe(), x, check_trace=False)
+        assert seen == [False]
+        torch.onnx.export(Probe(), (x,), str(tmp_path / "probe.onnx"), dynamo=False)
+    import onnx  # a requirement (the ONNX export)
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "probe.onnx")).graph.node}
+    assert "Conv" in ops and not ops & {"DFT", "STFT", "MatMul"}
+
+
 def test_weights_made_under_inference_mode_work() -> None:
     with torch.inference_mode():
         conv = nn.Conv1d(4, 4, 11, padding=5)

@@ -41,8 +41,10 @@ def fft_pays(channels: int, kernel_size: int) -> bool:
 
 def fft_usable(x: Tensor, layer: nn.Conv1d) -> bool:
     """True when ``layer`` on ``x`` may take the FFT path (see the module docstring)."""
+    exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
     return (
-        x.device.type == "cpu"
+        not exporting  # ONNX has no FFT operators: graphs keep the direct convolution
+        and x.device.type == "cpu"
         and x.dtype == torch.float32
         and not torch.is_grad_enabled()
         and not torch.is_autocast_enabled("cpu")
