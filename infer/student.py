@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -462,8 +463,6 @@ class StudentEngine:
     @torch.inference_mode()
     def process(self, block_16k: np.ndarray) -> np.ndarray:
         """(block_samples,) float32 -> (block_samples,) float32."""
-        import time
-
         block = np.asarray(block_16k, dtype=np.float32)
         if block.shape != (self.block_samples_16k,):
             raise ValueError(f"a block is {self.block_samples_16k} samples at 16 kHz, got {block.shape}")
