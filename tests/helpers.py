@@ -15,3 +15,16 @@ HUBERT_FIXTURES = RVC_FIXTURES / "hubert"
 RMVPE_FIXTURES = RVC_FIXTURES / "rmvpe"
 VOICES_DIR = SHARED_DIR / "data" / "voices"
 EDGE_DIR = VOICES_DIR / "edge"
+
+
+def synth_golden(version: str, *, use_f0: bool, sample_rate: int | None = None) -> Path:
+    """The first synthesizer golden ``.pth`` of that kind, found by its content, not its name."""
+    from infer.models import load_voice_model
+
+    for path in sorted(SYNTH_GOLDEN_DIR.glob("*.pth")):
+        meta = load_voice_model(path).metadata
+        if (meta.version, meta.use_f0) == (version, use_f0) and sample_rate in (None, meta.sample_rate):
+            return path
+    raise FileNotFoundError(
+        f"no {version} {'f0' if use_f0 else 'no-f0'} synthesizer golden in {SYNTH_GOLDEN_DIR}"
+    )

@@ -24,10 +24,10 @@ from infer.library import (
 )
 from infer.models import load_voice_model
 from infer.retrieval import load_index
-from tests.helpers import PIPELINE_GOLDEN_DIR, SYNTH_GOLDEN_DIR
+from tests.helpers import PIPELINE_GOLDEN_DIR, synth_golden
 
-V1_PTH = SYNTH_GOLDEN_DIR / "tiny_v1_nof0_48k.pth"
-V2_PTH = SYNTH_GOLDEN_DIR / "tiny_v2_f0_40k.pth"
+V1_PTH = synth_golden("v1", use_f0=False)
+V2_PTH = synth_golden("v2", use_f0=True, sample_rate=40000)
 V1_INDEX = PIPELINE_GOLDEN_DIR / "added_IVF30_Flat_nprobe_1_tiny_v1.index"
 TRAINING_METADATA = {
     "name": "alice",

@@ -36,7 +36,7 @@ from infer.content.hubert import (
 )
 from infer.errors import AssetError, ModelLoadError
 from infer.safeload import Stub, load_checkpoint_stubbed
-from tests.helpers import HUBERT_FIXTURES, SYNTH_GOLDEN_DIR
+from tests.helpers import HUBERT_FIXTURES, synth_golden
 
 TINY_PATH = HUBERT_FIXTURES / "tiny_hubert_fairseq_layout.pt"
 GOLDEN_PATH = HUBERT_FIXTURES / "tiny_hubert_golden.npz"
@@ -357,7 +357,7 @@ def test_stubbed_loader_never_executes_code(
 
 def test_rvc_voice_model_gives_model_load_error() -> None:
     with pytest.raises(ModelLoadError, match="RVC voice model"):
-        load_content_encoder(SYNTH_GOLDEN_DIR / "tiny_v2_f0_40k.pth", use_cache=False)
+        load_content_encoder(synth_golden("v2", use_f0=True), use_cache=False)
 
 
 def test_wrong_files_give_model_load_error(tmp_path: Path) -> None:

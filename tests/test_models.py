@@ -17,10 +17,10 @@ from infer.errors import ModelLoadError, UnsafeFileError
 from infer.models import ModelMetadata, VoiceModel, build_synthesizer, load_voice_model, save_voice_model
 from infer.nn import ConfigError
 from infer.synthesizer import SynthConfig, Synthesizer
-from tests.helpers import HUBERT_FIXTURES, MANIFESTS_DIR, RMVPE_FIXTURES, SYNTH_GOLDEN_DIR
+from tests.helpers import HUBERT_FIXTURES, MANIFESTS_DIR, RMVPE_FIXTURES, SYNTH_GOLDEN_DIR, synth_golden
 
 GOLDEN_PATHS = sorted(p for p in SYNTH_GOLDEN_DIR.glob("*.pth") if p.with_suffix(".npz").is_file())
-TINY_V2_F0 = SYNTH_GOLDEN_DIR / "tiny_v2_f0_40k.pth"
+TINY_V2_F0 = synth_golden("v2", use_f0=True, sample_rate=40000)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -13,7 +13,7 @@ from infer.models import build_synthesizer, load_voice_model
 from infer.nn import ConfigError, RelativeMultiHeadAttention, SineGenerator, sequence_mask, slice_segments
 from infer.rvc import CONFIG_FIELDS as RVC_CONFIG_FIELDS
 from infer.synthesizer import SynthConfig, Synthesizer
-from tests.helpers import SYNTH_GOLDEN_DIR
+from tests.helpers import SYNTH_GOLDEN_DIR, synth_golden
 
 ATOL = 1e-4
 GOLDEN_PATHS = sorted(p for p in SYNTH_GOLDEN_DIR.glob("*.pth") if p.with_suffix(".npz").is_file())
@@ -148,7 +148,7 @@ def test_synth_golden_folded_weight_norm(path: Path) -> None:
 
 
 def test_bfloat16_build_runs_close_to_golden() -> None:
-    path = SYNTH_GOLDEN_DIR / "tiny_v2_f0_40k.pth"
+    path = synth_golden("v2", use_f0=True, sample_rate=40000)
     ref = _tensors(np.load(path.with_suffix(".npz")))
     synth = build_synthesizer(load_voice_model(path), dtype=torch.bfloat16)
     assert {p.dtype for p in synth.parameters()} == {torch.bfloat16}
