@@ -45,8 +45,8 @@ def test_the_spectrum_cache_follows_the_weights() -> None:
 def test_the_fft_path_is_taken_only_where_it_is_exact_and_pays(monkeypatch: pytest.MonkeyPatch) -> None:
     conv = nn.Conv1d(128, 128, 11, padding=5)
     x = torch.randn(1, 128, 100)
-    assert fftconv.fft_pays(128, 11) and fftconv.fft_pays(256, 11)
-    assert not fftconv.fft_pays(128, 3) and not fftconv.fft_pays(32, 11)
+    assert fftconv.fft_pays(128, 11) and fftconv.fft_pays(256, 11) and fftconv.fft_pays(128, 7)
+    assert not fftconv.fft_pays(128, 3) and not fftconv.fft_pays(32, 11) and not fftconv.fft_pays(64, 11)
     monkeypatch.setenv(fftconv.ENV_SWITCH, "0")
     assert not fftconv.fft_pays(128, 11)
     monkeypatch.delenv(fftconv.ENV_SWITCH)
@@ -113,3 +113,41 @@ def test_a_resblock_gives_the_same_output_on_either_path(channels: int, channels
     unfolded.use_fft = True
     with torch.inference_mode():
         assert not fftconv.fft_usable(x.squeeze(2) if channels_last else x, unfolded.convs1[0])
+
+
+def _direct_resblock(x: torch.Tensor, pairs: list[tuple[nn.Conv1d, nn.Conv1d]]) -> torch.Tensor:
+    for conv1, conv2 in pairs:
+        x = conv2(torch.nn.functional.leaky_relu(conv1(torch.nn.functional.leaky_relu(x, 0.1)), 0.1)) + x
+    return x
+
+
+@pytest.mark.parametrize(
+    ("channels", "kernel", "length", "batch", "bias"),
+    # lengths around one block's hop (246 for kernel 11 at 256 samples), one sample, batch 2,
+    # no bias, and 256 channels (the shorter block of wide layers)
+    [
+        (8, 11, 246, 1, True),
+        (8, 11, 247, 1, True),
+        (8, 7, 1, 1, True),
+        (6, 11, 2000, 2, False),
+        (256, 7, 300, 1, True),
+    ],
+)
+def test_the_fused_resblock_equals_the_direct_one(
+    channels: int, kernel: int, length: int, batch: int, bias: bool
+) -> None:
+    torch.manual_seed(3)
+    pairs = [
+        (
+            nn.Conv1d(channels, channels, kernel, dilation=d, padding=(kernel - 1) * d // 2, bias=bias),
+            nn.Conv1d(channels, channels, kernel, padding=(kernel - 1) // 2, bias=bias),
+        )
+        for d in (1, 3, 5)
+    ]
+    x = torch.randn(batch, channels, length)
+    with torch.inference_mode():
+        direct = _direct_resblock(x, pairs)
+        fast = fftconv.fft_resblock(x, pairs, 0.1)
+    assert fast.shape == direct.shape
+    torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-5 * float(direct.abs().max()))
+    assert fftconv.block_for(fftconv.span(pairs[-1][0]), channels) == (128 if channels >= 256 else 256)

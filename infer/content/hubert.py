@@ -370,9 +370,35 @@ class _ConvFeatureExtractor(nn.Module):
     def forward(self, wav: torch.Tensor) -> torch.Tensor:
         """wav: (B, L) -> (B, conv_dim, T)."""
         x = wav.unsqueeze(1)
-        for block in self.conv_layers:
-            x = block(x)
+        for index, block in enumerate(self.conv_layers):
+            conv, *rest = block
+            # The one-input-channel first conv runs ~6x faster channels-last on the CPU.
+            x = conv_channels_last(conv, x).contiguous() if index == 0 else conv(x)
+            for module in rest:
+                x = module(x)
         return x
+
+
+def conv_channels_last(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` for ``x: (B, C, T)``; on the CPU as a ``(1, k)`` 2-D conv on channels-last input.
+
+    oneDNN's channels-last kernels are much faster for HuBERT's first conv (one input channel,
+    stride 5) and its grouped positional conv; the numbers are the same up to float rounding.
+    Returns a ``(B, C_out, T_out)`` view whose memory is time-major (channels innermost).
+    """
+    if x.device.type != "cpu":
+        return conv(x)
+    x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+    y = F.conv2d(
+        x4,
+        conv.weight.unsqueeze(2),
+        conv.bias,
+        (1, conv.stride[0]),
+        (0, conv.padding[0]),
+        (1, conv.dilation[0]),
+        conv.groups,
+    )
+    return y.squeeze(2)
 
 
 class _SelfAttention(nn.Module):
@@ -429,7 +455,7 @@ class _TransformerEncoder(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """x + GELU(pos_conv(x)), then LayerNorm: (B, T, C) -> (B, T, C)."""
-        pos = self.pos_conv(x.transpose(1, 2))
+        pos = conv_channels_last(self.pos_conv[0], x.transpose(1, 2))
         if self.drop_last_frame:
             pos = pos[:, :, :-1]
         return self.layer_norm(x + F.gelu(pos).transpose(1, 2))

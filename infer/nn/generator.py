@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from infer.nn.fftconv import fft_conv1d, fft_pays, fft_usable
+from infer.nn.fftconv import fft_pays, fft_resblock, fft_usable
 from infer.nn.weight_norm import WeightNormConv1d, WeightNormConvTranspose1d, WeightNormMixin
 
 __all__ = [
@@ -98,11 +98,8 @@ class ResBlock1(nn.Module):
 
     def _forward_fft(self, x: Tensor) -> Tensor:
         four_d = x.dim() == 4
-        h = x.squeeze(2).contiguous() if four_d else x
-        for conv1, conv2 in zip(self.convs1, self.convs2, strict=True):
-            ht = fft_conv1d(conv1, F.leaky_relu(h, LEAKY_SLOPE))
-            ht = fft_conv1d(conv2, F.leaky_relu_(ht, LEAKY_SLOPE))
-            h = ht.add_(h)
+        h = x.squeeze(2).contiguous() if four_d else x.contiguous()
+        h = fft_resblock(h, list(zip(self.convs1, self.convs2, strict=True)), LEAKY_SLOPE)
         return _to_channels_last(h) if four_d else h
 
 

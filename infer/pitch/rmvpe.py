@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from infer.errors import ModelLoadError, TimbreError
 from infer.memory import release_free_memory
@@ -442,7 +443,30 @@ def load_rmvpe_net(path: str | Path, device: str | torch.device = "cpu") -> Rmvp
     net = RmvpeNet(config)
     load_state_strict(net, state, path.name)
     log.info("loaded RMVPE %s from %s", config, path)
-    return net.float().eval().to(device=device, memory_format=torch.channels_last)
+    net = fold_batch_norms(net.float().eval())
+    return net.to(device=device, memory_format=torch.channels_last)
+
+
+def fold_batch_norms(net: RmvpeNet) -> RmvpeNet:
+    """Fold every (transposed) conv's following BatchNorm into the conv, in place, for inference.
+
+    ``conv -> BatchNorm -> ReLU`` becomes ``conv' -> Identity -> ReLU`` with the BatchNorm's
+    running statistics and affine folded into ``conv'``'s weight and bias: the same numbers up to
+    float rounding, one pass over the activations fewer per layer. The net is then for inference
+    only (its state dict no longer has the BatchNorm entries).
+    """
+    if net.training:
+        raise ValueError("fold_batch_norms needs a net in eval mode")
+    for module in net.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        for index in range(len(module) - 1):
+            conv, norm = module[index], module[index + 1]
+            if isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(norm, nn.BatchNorm2d):
+                transpose = isinstance(conv, nn.ConvTranspose2d)
+                module[index] = fuse_conv_bn_eval(conv, norm, transpose=transpose)
+                module[index + 1] = nn.Identity()
+    return net
 
 
 def salience_to_cents(salience: np.ndarray, threshold: float = DEFAULT_THRESHOLD) -> np.ndarray:
