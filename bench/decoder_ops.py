@@ -6,7 +6,9 @@
 For every resblock convolution shape of RVC's NSF-HiFiGAN (v2, 40 kHz: 256/128/64/32 channels,
 kernels 3/7/11, dilations 1/3/5) on one decode window (512 frames plus margins), the median time
 of oneDNN's direct convolution (channels-last, as the decoder runs it) against the overlap-save
-FFT path of :mod:`infer.nn.fftconv`, with the relative difference of the two outputs. Then the
+FFT path of :mod:`infer.nn.fftconv`, with the relative difference of the two outputs. Then
+every whole resblock (three dilated pairs, the leaky ReLUs and residual adds) directly against
+the fused :func:`~infer.nn.fftconv.fft_resblock`, which is what ``fft_pays`` chooses by; then the
 whole decoder on 5 s of latent with the FFT path on and off (``TIMBRE_FFT_CONV``), alternating.
 Prints the CPU model and vector flags; compare figures from one run only.
 """
@@ -82,6 +84,49 @@ def _op_table(repeats: int) -> None:
         )
 
 
+def _conv_cl(conv: torch.nn.Conv1d, x4: torch.Tensor) -> torch.Tensor:
+    """The decoder's direct path: a (1, k) 2-D conv on channels-last (B, C, 1, T)."""
+    weight = conv.weight.unsqueeze(2)
+    return F.conv2d(x4, weight, conv.bias, 1, (0, conv.padding[0]), (1, conv.dilation[0]))
+
+
+def _resblock_table(repeats: int) -> None:
+    print("\n| channels | samples | kernel | direct resblock ms | fused FFT resblock ms | FFT / direct |")
+    print("|---|---|---|---|---|---|")
+    for width, samples, kernel, dilation in _shapes([10, 10, 2, 2], [256, 128, 64, 32]):
+        if dilation != 1 or kernel == 3:
+            continue
+        pairs = [
+            (
+                torch.nn.Conv1d(width, width, kernel, dilation=d, padding=(kernel - 1) * d // 2),
+                torch.nn.Conv1d(width, width, kernel, padding=(kernel - 1) // 2),
+            )
+            for d in (1, 3, 5)
+        ]
+        x = torch.randn(1, width, samples)
+        x4 = x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+        def run_direct(x4: torch.Tensor = x4, pairs: list = pairs) -> None:
+            h = x4
+            for conv1, conv2 in pairs:
+                t = _conv_cl(conv1, F.leaky_relu(h, 0.1))
+                h = _conv_cl(conv2, F.leaky_relu_(t, 0.1)).add_(h)
+
+        def run_fft(x: torch.Tensor = x, pairs: list = pairs) -> None:
+            fftconv.fft_resblock(x, pairs, 0.1)
+
+        with torch.inference_mode():
+            times: dict[str, list[float]] = {"direct": [], "fft": []}
+            for index in range(repeats):
+                for name, fn in (("direct", run_direct), ("fft", run_fft))[:: 1 if index % 2 else -1]:
+                    times[name].append(_median_ms(fn, 1))
+        direct, fast = statistics.median(times["direct"]), statistics.median(times["fft"])
+        print(
+            f"| {width} | {samples} | {kernel} | {direct:.0f} | {fast:.0f} | {fast / direct:.2f} |",
+            flush=True,
+        )
+
+
 def _decoder_ab(repeats: int, fft_on: set[tuple[int, int]] | None) -> None:
     from infer.pipeline import load_voice
 
@@ -145,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if not args.no_shapes:
         _op_table(args.repeats)
+        _resblock_table(args.repeats)
     _decoder_ab(args.repeats, fft_on)  # type: ignore[arg-type]
     return 0
 
